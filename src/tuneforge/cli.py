@@ -1,0 +1,330 @@
+"""The `tuneforge` command: one verb per job, each a thin layer over tuneforge.api.
+
+Every failure a user can cause ends as one line on stderr — what went wrong and what to do — and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneforge.errors import TuneforgeError
+
+app = typer.Typer(
+    name="tuneforge",
+    help="Fine-tune open LLMs on your own data and serve them on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Look at and prepare datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: --set train.learning_rate=1e-4 (repeatable)."),
+]
+
+
+def _console():
+    from tuneforge.progress import console
+
+    return console
+
+
+# ------------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    run_dir: Annotated[str, typer.Option(help="Where the demo run is written.")] = "runs/demo",
+    set_: SetOpt = None,
+    fresh: Annotated[bool, typer.Option(help="Replace an earlier demo run instead of refusing.")] = True,
+) -> None:
+    """Fine-tune SmolLM2-135M with LoRA on the bundled support-ticket dataset and show before → after."""
+    from tuneforge import api
+
+    cfg_path = REPO_EXAMPLES / "tickets-lora.yaml"
+    if not cfg_path.is_file():
+        raise TuneforgeError(
+            f"demo config {cfg_path} not found", "run the demo from a tuneforge source checkout"
+        )
+    os.chdir(REPO_EXAMPLES.parent)  # the config's data paths are relative to the repository
+    cfg = api.load_config(cfg_path, [f"run_dir={run_dir}", *(set_ or [])])
+    _console().print(
+        "[bold]tuneforge demo[/]: triage support tickets into queue + priority (JSON) with SmolLM2-135M-Instruct.\n"
+        "Steps: prepare the model (once) → clean + split the data → LoRA training → base vs tuned on the test split."
+    )
+    api.finetune(cfg, overwrite=fresh)
+
+
+# ------------------------------------------------------------------------------------------------ train
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="Run config (YAML). See examples/*.yaml.")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace whatever the run folder holds.")] = False,
+    evaluate: Annotated[
+        bool,
+        typer.Option("--eval/--no-eval", help="Compare base and tuned on the test split after training."),
+    ] = True,
+    help_config: Annotated[
+        bool, typer.Option("--help-config", help="List every config key with its default and meaning.")
+    ] = False,
+) -> None:
+    """Fine-tune a model as a config file describes (data, model, method, train, eval)."""
+    from tuneforge import api
+    from tuneforge.config import describe
+
+    if help_config:
+        _print_config_help(describe())
+        return
+    if config is None:
+        raise TuneforgeError(
+            "no config given", "run `tuneforge train CONFIG.yaml` (see examples/tickets-lora.yaml)"
+        )
+    cfg = api.load_config(config, set_ or [])
+    api.finetune(cfg, resume=resume, overwrite=overwrite, evaluate=evaluate)
+
+
+def _print_config_help(rows: list[tuple[str, str, str]]) -> None:
+    from rich.table import Table
+
+    from tuneforge.methods import registry
+
+    t = Table(title="Run config keys (YAML sections, or --set section.key=value)")
+    t.add_column("key")
+    t.add_column("default")
+    t.add_column("meaning")
+    for k, d, desc in rows:
+        t.add_row(k, d, desc)
+    for spec in registry.available():
+        for name, f in spec.config_cls.model_fields.items():
+            if name == "name":
+                continue
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            t.add_row(f"method.{name}  [dim](method {spec.name})[/]", default, f.description or "")
+    _console().print(t)
+
+
+# ------------------------------------------------------------------------------------------ eval/compare
+EvalFewShot = Annotated[
+    int, typer.Option("--few-shot", help="Also judge the base with N solved training examples.")
+]
+
+
+def _eval_cfg(few_shot: int, max_examples: int | None, max_new_tokens: int, samples: int):
+    from tuneforge.config import EvalConfig
+
+    return EvalConfig(
+        few_shot=few_shot, max_examples=max_examples, max_new_tokens=max_new_tokens, samples=samples
+    )
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="Model alias, folder, hub id, or a run folder.")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Evaluate on every record of this file (default: the run's test split)."),
+    ] = None,
+    few_shot: EvalFewShot = 0,
+    max_examples: Annotated[int | None, typer.Option(help="Evaluate at most N examples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 64,
+    out: Annotated[str | None, typer.Option(help="Folder for report.json / report.html.")] = None,
+) -> None:
+    """Score one model on held-out data: task metrics (strict and lenient), latency, prompt size."""
+    from tuneforge import api
+
+    api.compare_models(
+        model, None, data=data, eval_cfg=_eval_cfg(few_shot, max_examples, max_new_tokens, 5), out_dir=out
+    )
+
+
+@app.command()
+def compare(
+    base: Annotated[str, typer.Argument(help="The 'before' model (alias, folder, hub id or run).")],
+    tuned: Annotated[str, typer.Argument(help="The 'after' model (usually a run folder).")],
+    data: Annotated[str | None, typer.Option(help="Test file (default: the tuned run's test split).")] = None,
+    few_shot: EvalFewShot = 3,
+    max_examples: Annotated[int | None, typer.Option(help="Evaluate at most N examples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 64,
+    samples: Annotated[int, typer.Option(help="Sample answers shown side by side.")] = 5,
+    out: Annotated[str | None, typer.Option(help="Folder for report.json / report.html.")] = None,
+) -> None:
+    """Before/after report for any model pair on the same questions."""
+    from tuneforge import api
+
+    api.compare_models(
+        base,
+        tuned,
+        data=data,
+        eval_cfg=_eval_cfg(few_shot, max_examples, max_new_tokens, samples),
+        out_dir=out,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- chat
+@app.command()
+def chat(
+    model: Annotated[
+        str, typer.Argument(help="Model alias, folder, hub id, or a run folder.")
+    ] = "smollm2-135m",
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Answer this one message and exit.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+) -> None:
+    """Talk to a base model or a tuned run. /reset clears the history, /exit quits."""
+    from tuneforge.data.schema import Message
+    from tuneforge.eval.generate import SamplingParams, stream_chat
+    from tuneforge.models.load import load_model
+
+    lm = load_model(model)
+    if system is None and lm.run_dir is not None:
+        system = _run_system_prompt(lm.run_dir)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    history: list[Message] = [Message("system", system)] if system else []
+    out = sys.stdout
+
+    def answer(text: str) -> None:
+        history.append(Message("user", text))
+        parts = []
+        for piece in stream_chat(lm, history, params):
+            parts.append(piece)
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        history.append(Message("assistant", "".join(parts).strip()))
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    _console().print(f"Chatting with [bold]{model}[/]. /reset clears the history, /exit quits.")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history[:] = [Message("system", system)] if system else []
+            continue
+        out.write("model> ")
+        answer(text)
+
+
+def _run_system_prompt(run_dir: Path) -> str | None:
+    """A run trained with one fixed system prompt answers best when chat uses it too."""
+    from tuneforge.api import test_split_of
+
+    train_split = test_split_of(run_dir)[0]
+    systems = {e.messages[0].content for e in train_split if e.messages and e.messages[0].role == "system"}
+    return systems.pop() if len(systems) == 1 else None
+
+
+# ------------------------------------------------------------------------------------------------- data
+@data_app.command("inspect")
+def data_inspect(
+    file: Annotated[str, typer.Argument(help="JSONL, JSON, CSV, Parquet or XML file.")],
+    format: Annotated[str, typer.Option(help="Force a format instead of detecting it.")] = "auto",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Count tokens with this model's tokenizer (default: smollm2-135m if installed)."),
+    ] = "smollm2-135m",
+    column: Annotated[
+        list[str] | None, typer.Option("--column", "-c", help="Map a field: -c text=review (repeatable).")
+    ] = None,
+) -> None:
+    """Detected format, counts, token-length histogram, duplicates and problems of a data file."""
+    from tuneforge.data.inspect import inspect_file, render_inspect
+
+    columns = dict(c.split("=", 1) for c in (column or []))
+    count = None
+    if model:
+        count = _token_counter(model)
+    report = inspect_file(file, format=format, columns=columns or None, count_tokens=count)
+    render_inspect(report, _console())
+
+
+def _token_counter(model: str):
+    from tuneforge.config import DataConfig
+    from tuneforge.data.tokenize import count_tokens_fn
+    from tuneforge.models.load import base_path_for, load_tokenizer
+    from tuneforge.models.registry import resolve
+    from tuneforge.progress import Steps
+
+    try:
+        src = resolve(model)
+        tok, _ = load_tokenizer(base_path_for(src, Steps(f"Preparing {model}")))
+    except TuneforgeError as e:
+        _console().print(f"[yellow]token counts unavailable ({e}); showing characters[/]")
+        return None
+    return count_tokens_fn(tok, DataConfig(train="-"))
+
+
+# ---------------------------------------------------------------------------------------- models/methods
+@app.command()
+def models() -> None:
+    """Bundled model aliases and whether their weights are installed."""
+    from rich.table import Table
+
+    from tuneforge.models.registry import BUNDLED
+
+    t = Table(
+        title="Bundled models (also: any local folder, .gguf file, run folder, or Hugging Face id org/name)"
+    )
+    for col in ("alias", "upstream", "installed", "description"):
+        t.add_column(col)
+    for m in BUNDLED.values():
+        t.add_row(m.alias, m.hf_id, "yes" if m.version() else f"no — {m.install}", m.description)
+    _console().print(t)
+
+
+@app.command()
+def methods() -> None:
+    """Fine-tuning methods and their options."""
+    from rich.table import Table
+
+    from tuneforge.methods import registry
+
+    t = Table(title="Methods (method.name in the config)")
+    t.add_column("name")
+    t.add_column("what it does")
+    t.add_column("options")
+    for spec in registry.available():
+        opts = ", ".join(n for n in spec.config_cls.model_fields if n != "name")
+        t.add_row(spec.name, spec.summary, opts or "—")
+    _console().print(t)
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        app()
+    except TuneforgeError as e:
+        msg = f"error: {e.problem}" + (f" — {e.fix}" if e.fix else "")
+        print(msg, file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted — continue a training run with `tuneforge train CONFIG --resume`", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

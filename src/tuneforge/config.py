@@ -1,0 +1,398 @@
+"""The configuration of a run: one YAML file, validated by pydantic, with `--set key=value` overrides.
+
+Every field carries its documentation (`tuneforge train --help-config` prints it). Unknown keys are refused with
+the list of valid ones, and cross-field rules are checked when the config is built, so a bad config fails
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tuneforge.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------------- data
+class CleanConfig(Section):
+    normalize_whitespace: bool = Field(
+        True, description="Normalise Unicode (NFC), strip control characters, collapse runs of spaces."
+    )
+    missing: Literal["fill", "drop"] = Field(
+        "fill",
+        description="Records with a missing optional field (alpaca `input`, a system prompt): `fill` uses an "
+        "empty string, `drop` rejects the record. Records missing a required field are always rejected.",
+    )
+    dedupe: Literal["none", "exact", "near"] = Field(
+        "near", description="Remove exact duplicates (`exact`), or exact and near duplicates (`near`)."
+    )
+    near_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Jaccard similarity (MinHash estimate) above which two records are near duplicates.",
+    )
+    min_tokens: int = Field(0, ge=0, description="Reject records with fewer tokens than this.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Reject records with more tokens than this (before the truncation policy applies).",
+    )
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, ge=0, lt=1, description="Fraction of records held out for validation.")
+    test: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of records held out for the before/after test."
+    )
+    stratify: Literal["auto", "none", "label", "answer"] = Field(
+        "auto",
+        description="Keep class proportions equal across splits: `label` for classification data, `answer` for "
+        "data whose answers are few distinct values, `auto` picks one of these when it applies.",
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError(
+                "split.validation + split.test must be below 1 (something must be left to train on)"
+            )
+        return self
+
+
+class DataConfig(Section):
+    train: str = Field(..., description="Training data file (JSONL, JSON, CSV, Parquet or XML).")
+    validation: str | None = Field(None, description="Separate validation file; if unset, split off `train`.")
+    test: str | None = Field(None, description="Separate test file; if unset, split off `train`.")
+    format: Literal[
+        "auto",
+        "chat",
+        "alpaca",
+        "sharegpt",
+        "prompt_completion",
+        "text",
+        "classification",
+        "preference",
+    ] = Field("auto", description="Record format; `auto` detects it from the fields of the records.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map our field names to yours, e.g. {text: review, label: sentiment} or "
+        "{prompt: question, completion: answer}.",
+    )
+    system_prompt: str | None = Field(
+        None, description="System prompt added to every conversation that has none."
+    )
+    classification_prompt: str = Field(
+        "{text}\n\nAnswer with one of: {labels}.",
+        description="How a classification record is asked as a chat turn ({text}, {labels}).",
+    )
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    max_length: int = Field(1024, ge=8, description="Maximum tokens per training example.")
+    truncation: Literal["raise", "drop", "truncate"] = Field(
+        "drop",
+        description="Examples longer than `max_length`: `raise` stops, `drop` rejects them, `truncate` cuts "
+        "them (only if some answer tokens remain). Counts are reported before training.",
+    )
+    train_on: Literal["assistant", "all", "last"] = Field(
+        "assistant",
+        description="Which tokens carry loss: every assistant turn (default), all tokens, or only the last "
+        "assistant turn. Per-message `weight: 0` is honoured in every mode.",
+    )
+    min_examples: int = Field(10, ge=1, description="Fewest training examples accepted (OpenAI requires 10).")
+
+
+# ------------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    name: str = Field(
+        "smollm2-135m",
+        description="Base model: a registry alias (`tuneforge models`), a local directory, or a Hugging Face id.",
+    )
+    revision: str | None = Field(None, description="Hugging Face revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype on load. `auto`: float32 on CPU, bfloat16 on GPUs that support it."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template overriding the model's own (base models without one get ChatML).",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- methods
+class MethodConfig(Section):
+    """Base of every fine-tuning method's config. `name` selects the method in the registry."""
+
+    name: str = Field(..., description="Fine-tuning method (`tuneforge methods` lists them).")
+
+
+DEFAULT_METHOD = "lora"
+
+
+def _method_from_dict(value: Any) -> MethodConfig:
+    from tuneforge.methods import registry  # late import: methods register themselves on import
+
+    if isinstance(value, MethodConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError("method must be a name or a mapping, e.g. `method: {name: lora, r: 16}`")
+    value = {"name": DEFAULT_METHOD, **value}
+    spec = registry.get(value["name"])
+    return spec.config_cls(**value)
+
+
+# ------------------------------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Decoupled weight decay (not applied to biases and norms)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up steps (overrides warmup_ratio).")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule."
+    )
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip gradients to this norm (null: no clipping)."
+    )
+    precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed"] = Field(
+        "auto",
+        description="`auto` uses bf16 autocast where the CPU or GPU has fast bf16, else fp32.",
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="Validate every N optimizer steps (default: about 4 times per epoch)."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when validation loss has not improved for this many evaluations."
+    )
+    save_every: int | None = Field(
+        None, ge=1, description="Write a resumable checkpoint every N steps (default: at each validation)."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Most recent checkpoints kept (the best one is kept too)."
+    )
+    log_every: int = Field(1, ge=1, description="Write a metrics.jsonl line every N optimizer steps.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding, same examples per epoch)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+
+
+# -------------------------------------------------------------------------------------------------- eval
+class EvalConfig(Section):
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated answer.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated at once.")
+    max_examples: int | None = Field(None, ge=1, description="Evaluate on at most this many test examples.")
+    few_shot: int = Field(
+        3,
+        ge=0,
+        description="Also judge the base model with this many solved training examples in its prompt.",
+    )
+    samples: int = Field(5, ge=0, description="Sample answers shown side by side in the report.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding (reproducible).")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="Task metrics: exact_match, accuracy, f1, bleu, rouge_l, chrf, json; `auto` picks by answers.",
+    )
+
+
+# --------------------------------------------------------------------------------------------------- run
+class RunConfig(Section):
+    """One fine-tuning run."""
+
+    run_dir: str = Field("runs/run", description="Folder that receives the adapter, metrics and reports.")
+    seed: int = Field(0, description="Seed for splitting, shuffling, initialisation and dropout.")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: SerializeAsAny[MethodConfig] = Field(
+        default_factory=lambda: _method_from_dict({}), description="Fine-tuning method."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> MethodConfig:
+        return _method_from_dict(v)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RunConfig:
+        from tuneforge.methods import registry
+
+        registry.get(self.method.name).check(self)
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what is trained (not where it is written, nor evaluation)."""
+        d = self.model_dump(mode="json")
+        d.pop("run_dir")
+        d.pop("eval")
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------ loading YAML
+def parse_value(raw: str) -> Any:
+    """`--set` values are YAML scalars/flow collections: 3, 2e-4, true, null, [q_proj, v_proj], {a: 1}."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"--set {item!r} is not key=value", "write it as --set train.learning_rate=1e-4"
+            )
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if isinstance(nxt, str) and p == "method":  # `method: lora` shorthand
+                nxt = node[p] = {"name": nxt}
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    f"--set {key}: {p} is not a section", "check the key against `--help-config`"
+                )
+            node = nxt
+        node[parts[-1]] = parse_value(raw)
+    return data
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, source: str, data: dict[str, Any]) -> ConfigError:
+    """Turn pydantic's report into one line that names the key, the problem and the fix."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        key = str(first["loc"][-1])
+        section = _section_at(first["loc"][:-1], data)
+        known = _known_keys(section) if section else []
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {', '.join(known)}"
+        if first["loc"][0] == "method" and not close:
+            name = _method_name(data)
+            return ConfigError(
+                f"{source}: method `{name}` has no option `{key}`", f"its options: {', '.join(known)}"
+            )
+        return ConfigError(f"{source}: unknown config key `{loc}`", hint)
+    if first["type"] == "missing":
+        return ConfigError(
+            f"{source}: `{loc}` is required", "add it to the config or pass --set " + loc + "=..."
+        )
+    msg = first["msg"].removeprefix("Value error, ")
+    return ConfigError(
+        f"{source}: `{loc}`: {msg}" if loc else f"{source}: {msg}", "see `tuneforge train --help-config`"
+    )
+
+
+def _method_name(data: dict[str, Any]) -> str:
+    m = data.get("method")
+    return m if isinstance(m, str) else (m or {}).get("name", DEFAULT_METHOD)
+
+
+def _section_at(loc: tuple, data: dict[str, Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        if part == "method":
+            from tuneforge.methods import registry
+
+            try:
+                return registry.get(_method_name(data)).config_cls
+            except KeyError:
+                return MethodConfig
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, source, data) from None
+    except KeyError as e:  # unknown method name from the registry
+        raise ConfigError(f"{source}: {e.args[0]}", "run `tuneforge methods` to list them") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(
+                f"config file {p} does not exist", "check the path, or start from examples/*.yaml"
+            )
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}".splitlines()[0], "fix the YAML syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping of sections", "see examples/tickets-lora.yaml")
+        source = str(p)
+    data = apply_overrides(data, overrides or [])
+    return build_config(data, source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def describe(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every field, for `--help-config` and the docs."""
+    rows: list[tuple[str, str, str]] = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and name != "method":
+            rows.extend(describe(ann, key + "."))
+            continue
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        if name == "method":
+            default = "lora"
+        rows.append((key, default, f.description or ""))
+    return rows

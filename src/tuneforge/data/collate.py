@@ -1,0 +1,49 @@
+"""Token sequences → batches: the epoch's order, and padding into tensors.
+
+The order of an epoch is a pure function of (seed, epoch), so a resumed run sees exactly the batches an
+uninterrupted one would have seen. With `group_by_length`, examples are shuffled, cut into windows of
+many batches, sorted by length inside each window and batched, and the batches shuffled again: most padding
+disappears while every example is still seen once per epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from tuneforge.data.tokenize import Tokenized
+
+WINDOW_BATCHES = 32
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True
+) -> list[list[int]]:
+    rng = random.Random(seed * 1_000_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    if not group_by_length:
+        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    window = batch_size * WINDOW_BATCHES
+    batches: list[list[int]] = []
+    for w in range(0, len(idx), window):
+        chunk = sorted(idx[w : w + window], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(items: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence. `weights` is 0 on padding, so padding never carries loss."""
+    n = max(len(t) for t in items)
+    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    weights = torch.zeros((len(items), n), dtype=torch.float32)
+    for r, t in enumerate(items):
+        k = len(t)
+        ids[r, :k] = torch.tensor(t.input_ids, dtype=torch.long)
+        mask[r, :k] = 1
+        weights[r, :k] = torch.tensor(t.weights, dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": mask, "weights": weights}

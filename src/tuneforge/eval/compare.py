@@ -1,0 +1,202 @@
+"""Before/after evaluation: the same held-out questions to the base model and to the tuned one.
+
+The base model is judged fairly: zero-shot and few-shot (solved training examples in its prompt), each with a
+strict and a lenient score (eval/metrics.py). When the tuned model is an adapter over the same base, the base's
+answers come from the same weights with the adapter switched off — one copy in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuneforge.config import DataConfig, EvalConfig
+from tuneforge.data.collate import collate
+from tuneforge.data.schema import Example, Message
+from tuneforge.data.tokenize import conversation, label_set, prompt_of, tokenize_examples
+from tuneforge.eval import metrics as M
+from tuneforge.eval.generate import SamplingParams, _autocast, adapters_off, generate_chats
+from tuneforge.models.load import LoadedModel
+from tuneforge.progress import bar
+from tuneforge.train.objectives import weighted_lm_loss
+
+
+@dataclass
+class Variant:
+    key: str  # "base", "base_few_shot", "tuned"
+    title: str  # shown in tables
+    lm: LoadedModel
+    adapters: bool = True  # False: answer with the PEFT adapter switched off (the base model)
+    shots: list[Example] = field(default_factory=list)
+
+
+def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
+    """k solved examples with distinct answers where possible (so the base sees the range of outputs)."""
+    if k <= 0 or not train:
+        return []
+    rng = random.Random(seed)
+    pool = list(train)
+    rng.shuffle(pool)
+    shots, seen = [], set()
+    for ex in pool:
+        a = ex.answer()
+        if a not in seen:
+            shots.append(ex)
+            seen.add(a)
+        if len(shots) == k:
+            return shots
+    return (shots + [e for e in pool if e not in shots])[:k]
+
+
+def with_shots(prompt: list[Message], shots: Sequence[list[Message]]) -> list[Message]:
+    """System turns first, then each solved example as an earlier exchange, then the question."""
+    system = [m for m in prompt if m.role == "system"]
+    rest = [m for m in prompt if m.role != "system"]
+    demo: list[Message] = []
+    for conv in shots:
+        demo += [m for m in conv if m.role != "system"]
+    return system + demo + rest
+
+
+def run_variant(
+    v: Variant, examples: Sequence[Example], data_cfg: DataConfig, eval_cfg: EvalConfig, labels: Sequence[str]
+) -> dict[str, Any]:
+    shot_convs = [conversation(s, data_cfg, labels) for s in v.shots]
+    convs = [with_shots(prompt_of(e, data_cfg, labels), shot_convs) for e in examples]
+    params = SamplingParams(max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature, seed=0)
+    t0 = time.time()
+    with bar(f"Evaluating {v.title}", len(convs)) as progress:
+        task = progress.add_task(f"Evaluating {v.title}", total=len(convs))
+        with adapters_off(v.lm.model) if not v.adapters else contextlib.nullcontext():
+            gens = generate_chats(
+                v.lm,
+                convs,
+                params,
+                eval_cfg.batch_size,
+                [e.tools for e in examples],
+                on_batch=lambda n: progress.update(task, advance=n),
+            )
+    dt = time.time() - t0
+    refs = [e.answer() or "" for e in examples]
+    preds = [g.text for g in gens]
+    scores = M.score(refs, preds, eval_cfg.metrics)
+    return {
+        "key": v.key,
+        "title": v.title,
+        "metrics": scores,
+        "headline": M.headline(scores),
+        "answers": preds,
+        "seconds": dt,
+        "ms_per_example": 1000 * dt / max(len(examples), 1),
+        "prompt_tokens_mean": sum(g.prompt_tokens for g in gens) / max(len(gens), 1),
+        "completion_tokens_mean": sum(g.completion_tokens for g in gens) / max(len(gens), 1),
+        "shots": len(v.shots),
+    }
+
+
+@torch.no_grad()
+def validation_loss(
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    data_cfg: DataConfig,
+    adapters: bool,
+    labels: Sequence[str],
+    batch_size: int = 16,
+) -> dict[str, float] | None:
+    """Loss and perplexity on answer tokens, the same objective training minimises."""
+    import math
+
+    if not examples:
+        return None
+    seqs, _ = tokenize_examples(examples, lm.tokenizer, data_cfg, labels, "validation")
+    if not seqs:
+        return None
+    model = lm.model
+    model.eval()
+    seqs = sorted(seqs, key=len)
+    loss = weight = 0.0
+    with adapters_off(model) if not adapters else contextlib.nullcontext(), _autocast(lm.device):
+        for i in range(0, len(seqs), batch_size):
+            b = {
+                k: t.to(lm.device)
+                for k, t in collate(seqs[i : i + batch_size], lm.tokenizer.pad_token_id).items()
+            }
+            parts = weighted_lm_loss(model, b)
+            loss += float(parts.loss_sum)
+            weight += parts.weight_sum
+    vl = loss / max(weight, 1e-9)
+    return {"loss": vl, "perplexity": math.exp(min(vl, 50))}
+
+
+def compare(
+    base: LoadedModel,
+    tuned: LoadedModel | None,
+    test: Sequence[Example],
+    *,
+    train: Sequence[Example] = (),
+    validation: Sequence[Example] = (),
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    seed: int = 0,
+    shared_weights: bool = False,
+) -> dict[str, Any]:
+    """Evaluate base zero-shot, base few-shot and the tuned model on `test`; return the report dict.
+
+    shared_weights: `base` and `tuned` are the same PEFT model; the base answers with adapters off.
+    """
+    test = list(test)
+    if eval_cfg.max_examples:
+        test = test[: eval_cfg.max_examples]
+    labels = label_set(list(train) + test)
+    variants = [Variant("base", "base (zero-shot)", base, adapters=not shared_weights)]
+    shots = pick_shots(train, eval_cfg.few_shot, seed)
+    if shots:
+        variants.append(
+            Variant("base_few_shot", f"base ({len(shots)}-shot)", base, not shared_weights, shots)
+        )
+    if tuned is not None:
+        variants.append(Variant("tuned", "tuned", tuned, adapters=True))
+    results = [run_variant(v, test, data_cfg, eval_cfg, labels) for v in variants]
+
+    val = {}
+    if validation:
+        val["base"] = validation_loss(base, validation, data_cfg, not shared_weights, labels)
+        if tuned is not None:
+            val["tuned"] = validation_loss(tuned, validation, data_cfg, True, labels)
+
+    samples = []
+    for i, ex in enumerate(test[: eval_cfg.samples]):
+        prompt = prompt_of(ex, data_cfg, labels)
+        question = next((m.content for m in reversed(prompt) if m.role == "user"), "")
+        samples.append(
+            {
+                "where": ex.source.where() if ex.source else f"test #{i + 1}",
+                "question": question,
+                "reference": ex.answer(),
+                "answers": {r["key"]: r["answers"][i] for r in results},
+            }
+        )
+    report: dict[str, Any] = {
+        "base_model": base.name,
+        "tuned_model": str(tuned.run_dir or tuned.name) if tuned is not None else None,
+        "n_test": len(test),
+        "task": results[0]["metrics"]["task"] if results else None,
+        "variants": [{k: v for k, v in r.items() if k != "answers"} for r in results],
+        "validation": val,
+        "samples": samples,
+        "answers": [
+            {"reference": ex.answer(), **{r["key"]: r["answers"][i] for r in results}}
+            for i, ex in enumerate(test)
+        ],
+    }
+    if tuned is not None:
+        before = results[0]["headline"]
+        after = results[-1]["headline"]
+        report["gain"] = {k: after[k] - before[k] for k in after if k in before}
+    return report

@@ -1,0 +1,1 @@
+"""Fine-tuning methods: each module registers itself by name in `registry`."""

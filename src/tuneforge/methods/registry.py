@@ -1,0 +1,71 @@
+"""Fine-tuning methods by name.
+
+Each method is a small module that registers a `MethodSpec`: its config class (a pydantic section whose fields
+document themselves), how it prepares a loaded model for training (wrap with adapters, freeze parameters ...),
+how it saves what it trained and how it loads that back onto a base model. The training loop knows nothing
+about methods beyond this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from tuneforge.config import MethodConfig, RunConfig
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type[MethodConfig]
+    summary: str
+    # prepare(model, cfg) -> model ready to train (requires_grad set on exactly the trained parameters)
+    prepare: Callable[[nn.Module, MethodConfig], nn.Module]
+    # save(model, out_dir): write the trained artifact (a PEFT adapter, or full weights) to out_dir
+    save: Callable[[nn.Module, Path], None]
+    # load(base_model, artifact_dir) -> model carrying the trained weights
+    load: Callable[[nn.Module, Path], nn.Module]
+    # artifact: folder name inside the run dir, "adapter" for PEFT methods or "model" for full weights
+    artifact: str = "adapter"
+    # check(run_cfg): cross-field rules; raise ValueError with what to use instead
+    check: Callable[[RunConfig], None] = lambda cfg: None
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> MethodSpec:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available() -> list[MethodSpec]:
+    _load_builtin()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their register() calls.
+    from tuneforge.methods import freeze, full, lora  # noqa: F401
+
+
+def trainable_summary(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, all parameters)."""
+    total = trainable = 0
+    for p in model.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

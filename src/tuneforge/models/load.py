@@ -1,0 +1,292 @@
+"""Loading base models and trained runs, and the one-off GGUF → safetensors conversion.
+
+transformers reads GGUF files (`gguf_file=`) and dequantises them to float, which takes a while and cannot be
+saved with `save_pretrained`. So the first load converts: the state dict goes to safetensors with the config
+and tokenizer beside it, in a cache folder written under a temporary name and renamed when complete. Later
+loads read that folder in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tuneforge.errors import ModelError
+from tuneforge.models import templates
+from tuneforge.models.registry import ModelSource, cache_root, offline_alternatives, resolve
+from tuneforge.progress import Steps
+
+CONVERTED_MARKER = "tuneforge-converted.json"
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel, possibly wrapped by peft
+    tokenizer: Any
+    name: str  # canonical name of the base model (alias, folder or hub id) as recorded in run configs
+    source: ModelSource
+    base_path: str  # what from_pretrained was given for the base (folder or hub id)
+    template_origin: str  # "model", "config", or the name of the default template applied
+    stop_token_ids: list[int] = field(default_factory=list)
+    run_dir: Path | None = None  # set when a tuneforge run was loaded
+    method: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+# --------------------------------------------------------------------------------------- devices and dtypes
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run 2-3x faster than fp32 on such CPUs."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+# ------------------------------------------------------------------------------------------ saving weights
+def save_model_folder(model: nn.Module, out_dir: Path) -> None:
+    """Write a from_pretrained-loadable folder. Works for GGUF-loaded models, which save_pretrained refuses."""
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the GGUF marker; the weights are plain float now
+        del config.quantization_config
+    config.save_pretrained(out_dir)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out_dir)
+    # save_model de-duplicates tied tensors (embeddings shared with the LM head).
+    save_model(model, str(out_dir / "model.safetensors"))
+
+
+def load_state_into(model: nn.Module, folder: Path) -> nn.Module:
+    from safetensors.torch import load_model
+
+    load_model(model, str(Path(folder) / "model.safetensors"), strict=False)
+    return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks (model.model.layers for Llama, Gemma, Qwen, Mistral ...)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    best: nn.ModuleList | None = None
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and (n is None or len(mod) == n):
+            if best is None or len(mod) > len(best):
+                best = mod
+    if best is None:
+        raise ModelError("could not find the transformer layers of this model", "use method lora or full")
+    return best
+
+
+# ------------------------------------------------------------------------------------------ GGUF conversion
+def _converted_dir(src: ModelSource) -> Path:
+    if src.bundled is not None:
+        key = f"{src.bundled.alias}-{src.bundled.version()}"
+    else:
+        st = src.path.stat()
+        key = f"{src.path.stem}-{st.st_size}-{int(st.st_mtime)}"
+    return cache_root() / "models" / key
+
+
+def ensure_converted(src: ModelSource, steps: Steps | None = None) -> Path:
+    """Return a safetensors folder for a GGUF source, converting it on first use."""
+    out = _converted_dir(src)
+    if (out / CONVERTED_MARKER).is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    steps = steps or Steps(f"Preparing {src.display}")
+    with steps:
+        gguf = src.path
+        if gguf is None:
+            steps.step("locating the bundled GGUF file")
+            gguf = src.bundled.locate()
+            if gguf is None:
+                raise ModelError(
+                    f"the GGUF file of {src.display} is missing", f"reinstall: {src.bundled.install}"
+                )
+        # transformers shows its own tqdm bar while dequantising; route it into ours.
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        original_tqdm = getattr(gguf_utils, "tqdm", None)
+        gguf_utils.tqdm = lambda it, desc=None, **kw: steps.track(
+            it, "dequantising GGUF weights to float32 (once)"
+        )
+        try:
+            steps.step("reading tokenizer from GGUF")
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            steps.step("dequantising GGUF weights to float32 (once)")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+        except Exception as e:  # a corrupt or unsupported file: say which, keep the cause
+            raise ModelError(
+                f"could not read {gguf}: {e}".splitlines()[0], "check the file or pick another model"
+            ) from e
+        finally:
+            if original_tqdm is not None:
+                gguf_utils.tqdm = original_tqdm
+        steps.step("writing safetensors cache")
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model_folder(model, tmp)
+        tok.save_pretrained(tmp)
+        (tmp / CONVERTED_MARKER).write_text(json.dumps({"gguf": str(gguf), "source": src.name}))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first: its copy is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _quiet_transformers() -> None:
+    """Our own progress display replaces transformers' per-tensor bars and advisory warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+def load_tokenizer(
+    path: str, chat_template: str | None = None, revision: str | None = None
+) -> tuple[Any, str]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    origin = "model"
+    if chat_template:
+        tok.chat_template = chat_template
+        origin = "config"
+    elif not tok.chat_template:
+        name, tok.chat_template = templates.default_for(tok)
+        origin = name
+    if tok.pad_token is None:
+        # Padding is masked out by attention and labels; reusing EOS is safe because labels come from our
+        # own masks, never from "is this token the pad token".
+        tok.pad_token = tok.eos_token
+    return tok, origin
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def base_path_for(src: ModelSource, steps: Steps | None = None) -> str:
+    if src.kind == "gguf":
+        return str(ensure_converted(src, steps))
+    if src.kind == "hf_dir":
+        return str(src.path)
+    if src.kind == "hub":
+        return src.hub_id
+    raise ModelError(f"{src.name} is a run folder, not a base model", "give the run's base model instead")
+
+
+def _from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str, revision: str | None):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn, revision=revision
+        )
+    except OSError as e:
+        if src.kind == "hub":
+            raise ModelError(
+                f"could not load {src.hub_id!r} from the Hugging Face hub ({str(e).splitlines()[0][:160]})",
+                f"check the id and your network, or use a local model: {offline_alternatives()}, or a folder",
+            ) from None
+        raise ModelError(
+            f"could not load the model in {path}: {str(e).splitlines()[0]}", "check the folder"
+        ) from None
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str = "sdpa",
+    chat_template: str | None = None,
+    revision: str | None = None,
+    steps: Steps | None = None,
+) -> LoadedModel:
+    """Load a base model or a trained run (base + adapter/weights) with its tokenizer, ready for inference."""
+    _quiet_transformers()
+    src = resolve(name)
+    dev = pick_device(device)
+    tdtype = resolve_dtype(dtype, dev)
+    if src.kind == "run":
+        return _load_run(src, dev, tdtype, attn_implementation, steps)
+
+    path = base_path_for(src, steps)
+    tok, origin = load_tokenizer(path, chat_template, revision)
+    model = _from_pretrained(path, src, tdtype, attn_implementation, revision).to(dev)
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        name=src.display,
+        source=src,
+        base_path=path,
+        template_origin=origin,
+        stop_token_ids=templates.stop_token_ids(tok),
+    )
+
+
+def _load_run(
+    src: ModelSource, dev: torch.device, tdtype: torch.dtype, attn: str, steps: Steps | None
+) -> LoadedModel:
+    from tuneforge.config import load_config
+    from tuneforge.methods import registry
+
+    run_dir = src.run_dir
+    cfg = load_config(run_dir / "config.yaml")
+    spec = registry.get(cfg.method.name)
+    artifact = run_dir / spec.artifact
+    base_src = resolve(cfg.model.name)
+    # The run's own tokenizer folder carries the chat template it was trained with.
+    tok, origin = load_tokenizer(str(artifact), None)
+    if spec.artifact == "model":
+        model = _from_pretrained(str(artifact), base_src, tdtype, attn, None)
+        base_path = str(artifact)
+    else:
+        base_path = base_path_for(base_src, steps)
+        base = _from_pretrained(base_path, base_src, tdtype, attn, cfg.model.revision)
+        model = spec.load(base, artifact)
+    model.to(dev).eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        name=base_src.display,
+        source=src,
+        base_path=base_path,
+        template_origin="run",
+        stop_token_ids=templates.stop_token_ids(tok),
+        run_dir=run_dir,
+        method=cfg.method.name,
+    )

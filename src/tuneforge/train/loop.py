@@ -1,0 +1,503 @@
+"""The fine-tuning recipe: setup() → train() → save_artifact() → cleanup(), readable top to bottom.
+
+Plain PyTorch with `accelerate` for device placement and mixed precision (so several GPUs need no rewrite),
+`peft` or plain freezing through the method registry, and our own loss (train/objectives.py).
+
+Exactness of resume: the batches of every step are a function of (seed, step), the RNG states are saved in
+each checkpoint, and gradient accumulation normalises by the target tokens of the whole optimizer step — so a
+run resumed from a checkpoint ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from tuneforge.config import RunConfig
+from tuneforge.data.collate import collate, epoch_batches
+from tuneforge.data.schema import Example
+from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set, tokenize_examples
+from tuneforge.errors import DataError
+from tuneforge.methods import registry
+from tuneforge.models.load import LoadedModel, cpu_has_fast_bf16, load_model
+from tuneforge.progress import Steps, bar, console
+from tuneforge.train import checkpoint as ckpt
+from tuneforge.train.objectives import weighted_lm_loss
+from tuneforge.train.rundir import RunDir
+
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_val_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    stopped_by_request: bool
+    train_seconds: float
+    tokens_seen: int
+    data_report: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Accelerate's mixed_precision value: "bf16" where it pays (GPUs with bf16, CPUs with AVX512-BF16/AMX)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "no"
+    return {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[precision]
+
+
+class FineTune:
+    """One run. `should_stop` is polled every step (cancel/pause from the service); `on_event` receives
+    "message", "metrics" and "checkpoint" events."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        on_event: EventFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        device: str | None = None,
+    ):
+        self.cfg = cfg
+        self.run = RunDir(Path(cfg.run_dir))
+        self.resume = resume
+        self.overwrite = overwrite
+        self.on_event = on_event or (lambda kind, payload: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.device = device
+        self.spec = registry.get(cfg.method.name)
+
+    # ---------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.has_progress = self.run.claim(cfg, self.resume, self.overwrite)
+        seed_everything(cfg.seed)
+
+        self.lm: LoadedModel = load_model(
+            cfg.model.name,
+            dtype=cfg.model.dtype,
+            device=self.device,
+            attn_implementation=cfg.model.attn_implementation,
+            chat_template=cfg.model.chat_template,
+            revision=cfg.model.revision,
+            steps=Steps(f"Preparing {cfg.model.name}"),
+        )
+        tok = self.lm.tokenizer
+        self.splits, self.data_report = prepare_splits(cfg, tok, self.run)
+        self.labels = label_set(self.splits["train"])
+        self.train_seqs, rep = tokenize_examples(self.splits["train"], tok, cfg.data, self.labels, "train")
+        self.val_seqs, vrep = tokenize_examples(
+            self.splits["validation"], tok, cfg.data, self.labels, "validation"
+        )
+        self.data_report["tokenize"] = {"train": rep.summary(), "validation": vrep.summary()}
+        _append_rejects(self.run.data / "rejects.jsonl", rep.rejects + vrep.rejects)
+        _report_tokenization(rep, vrep, cfg)
+        if len(self.train_seqs) < cfg.data.min_examples:
+            raise DataError(
+                f"only {len(self.train_seqs)} training examples remain after tokenisation "
+                f"(need {cfg.data.min_examples})",
+                f"see {self.run.data / 'rejects.jsonl'} for why records were dropped",
+            )
+        (self.run.data / "data_report.json").write_text(json.dumps(self.data_report, indent=1, default=str))
+
+        model = self.spec.prepare(self.lm.model, cfg.method)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        device = self.lm.device
+        self.accelerator = Accelerator(
+            mixed_precision=resolve_precision(cfg.train.precision, device), cpu=device.type == "cpu"
+        )
+        self.optimizer = build_optimizer(model, cfg)
+        t = cfg.train
+        self.batches_per_epoch = math.ceil(len(self.train_seqs) / t.batch_size)
+        self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        self.eval_every = t.eval_every or max(1, self.steps_per_epoch // 4)
+        self.save_every = t.save_every or self.eval_every
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            model, self.optimizer, self.scheduler
+        )
+        self.state = ckpt.LoopState()
+        if self.has_progress:
+            self._restore()
+        trainable, total = registry.trainable_summary(self.model)
+        msg = (
+            f"Training {cfg.method.name} on {self.lm.name}: {trainable:,} of {total:,} parameters trainable "
+            f"({100 * trainable / total:.2f}%), {len(self.train_seqs)} train / {len(self.val_seqs)} validation "
+            f"sequences, {self.total_steps} steps, precision {self.accelerator.mixed_precision}"
+        )
+        console.print(msg)
+        self.on_event("message", {"message": msg})
+
+    def _restore(self) -> None:
+        root = self.run.checkpoints
+        removed = ckpt.clean_partial(root)
+        found = ckpt.complete_checkpoints(root, self.cfg.fingerprint())
+        if removed:
+            console.print(f"Removed {removed} incomplete checkpoint folder(s) left by an interrupted run")
+        if not found:
+            self._truncate_metrics(0)
+            return
+        last = found[-1]
+        self.state = ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        self._truncate_metrics(self.state.step)
+        msg = f"Resumed from {last.name} (step {self.state.step} of {self.total_steps})"
+        console.print(msg)
+        self.on_event("message", {"message": msg})
+
+    def _truncate_metrics(self, step: int) -> None:
+        rows = [r for r in self.run.read_metrics() if r.get("step", 0) <= step]
+        self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # ---------------------------------------------------------------------------------------------- train
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """The micro-batches (lists of example indices) of optimizer step `step` — a pure function."""
+        t = self.cfg.train
+        lengths = [len(s) for s in self.train_seqs]
+        out = []
+        for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
+            epoch, pos = divmod(k, self.batches_per_epoch)
+            order = self._epoch_order(epoch, lengths)
+            out.append(order[pos])
+        return out
+
+    def _epoch_order(self, epoch: int, lengths: list[int]) -> list[list[int]]:
+        cache = getattr(self, "_order_cache", None)
+        if cache is None or cache[0] != epoch:
+            t = self.cfg.train
+            self._order_cache = (
+                epoch,
+                epoch_batches(lengths, t.batch_size, self.cfg.seed, epoch, t.group_by_length),
+            )
+        return self._order_cache[1]
+
+    def train(self) -> TrainResult:
+        cfg, st = self.cfg, self.state
+        pad = self.lm.tokenizer.pad_token_id
+        start_time = time.time()
+        stopped_by_request = False
+        self.model.train()
+        with bar("Training", self.total_steps, "loss", "speed") as progress:
+            task = progress.add_task("Training", total=self.total_steps, completed=st.step, loss="", speed="")
+            while st.step < self.total_steps:
+                if self.should_stop():
+                    stopped_by_request = True
+                    self.save_checkpoint()
+                    break
+                t0 = time.time()
+                batches = [
+                    collate([self.train_seqs[i] for i in mb], pad) for mb in self.micro_batches(st.step)
+                ]
+                norm = sum(float((b["weights"][:, 1:] > 0).mul(b["weights"][:, 1:]).sum()) for b in batches)
+                loss_sum = correct = 0.0
+                real_tokens = 0
+                for b in batches:
+                    b = {k: v.to(self.accelerator.device) for k, v in b.items()}
+                    with self.accelerator.autocast():
+                        parts = weighted_lm_loss(self.model, b)
+                    self.accelerator.backward(parts.loss_sum / norm)
+                    loss_sum += float(parts.loss_sum.detach())
+                    correct += parts.correct
+                    real_tokens += int(b["attention_mask"].sum())
+                grad_norm = None
+                if cfg.train.max_grad_norm:
+                    grad_norm = float(
+                        self.accelerator.clip_grad_norm_(self._trainable(), cfg.train.max_grad_norm)
+                    )
+                lr = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                st.step += 1
+                st.tokens_seen += real_tokens
+                dt = time.time() - t0
+                row = {
+                    "step": st.step,
+                    "epoch": round(st.step / self.steps_per_epoch, 4),
+                    "loss": loss_sum / max(norm, 1e-9),
+                    "token_accuracy": correct / max(norm, 1e-9),
+                    "lr": lr,
+                    "tokens_per_s": real_tokens / max(dt, 1e-9),
+                    "tokens": real_tokens,
+                }
+                if grad_norm is not None:
+                    row["grad_norm"] = grad_norm
+                if st.step % cfg.train.log_every == 0 or st.step == self.total_steps:
+                    self._log(row)
+                progress.update(
+                    task, advance=1, loss=f"loss {row['loss']:.4f}", speed=f"{row['tokens_per_s']:.0f} tok/s"
+                )
+                last = st.step == self.total_steps
+                if self.val_seqs and (st.step % self.eval_every == 0 or last):
+                    if self.validate_and_track():
+                        st.stopped_early = True
+                        self.save_checkpoint()
+                        msg = (
+                            f"Early stopping at step {st.step}: validation loss has not improved for "
+                            f"{cfg.train.early_stopping_patience} evaluations (best {st.best_val_loss:.4f} "
+                            f"at step {st.best_step})"
+                        )
+                        console.print(msg)
+                        self.on_event("message", {"message": msg})
+                        break
+                if st.step % self.save_every == 0 or last:
+                    self.save_checkpoint()
+                if not console.is_terminal and (st.step % 10 == 0 or last):
+                    console.print(
+                        f"step {st.step}/{self.total_steps} loss {row['loss']:.4f} "
+                        f"{row['tokens_per_s']:.0f} tok/s"
+                    )
+        st.elapsed_s += time.time() - start_time
+        return TrainResult(
+            run_dir=self.run.root,
+            steps=st.step,
+            best_val_loss=st.best_val_loss,
+            best_step=st.best_step,
+            stopped_early=st.stopped_early,
+            stopped_by_request=stopped_by_request,
+            train_seconds=st.elapsed_s,
+            tokens_seen=st.tokens_seen,
+            data_report=self.data_report,
+        )
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.run.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.on_event("metrics", row)
+
+    # ------------------------------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validation_loss(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        pad = self.lm.tokenizer.pad_token_id
+        order = sorted(range(len(self.val_seqs)), key=lambda i: len(self.val_seqs[i]))
+        bs = self.cfg.train.batch_size * 2
+        loss = weight = correct = 0.0
+        for i in range(0, len(order), bs):
+            b = collate([self.val_seqs[j] for j in order[i : i + bs]], pad)
+            b = {k: v.to(self.accelerator.device) for k, v in b.items()}
+            with self.accelerator.autocast():
+                parts = weighted_lm_loss(self.model, b)
+            loss += float(parts.loss_sum)
+            weight += parts.weight_sum
+            correct += parts.correct
+        if was_training:
+            self.model.train()
+        vl = loss / max(weight, 1e-9)
+        return {
+            "val_loss": vl,
+            "val_ppl": math.exp(min(vl, 50)),
+            "val_token_accuracy": correct / max(weight, 1e-9),
+        }
+
+    def validate_and_track(self) -> bool:
+        """Validate, keep the best weights, and say whether early stopping should end the run."""
+        st = self.state
+        res = self.validation_loss()
+        self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), **res})
+        if st.best_val_loss is None or res["val_loss"] < st.best_val_loss:
+            st.best_val_loss, st.best_step = res["val_loss"], st.step
+            st.evals_without_improvement = 0
+            self.save_artifact(self.run.best)
+            self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_file(ckpt.trainable_state(self.accelerator.unwrap_model(self.model)), str(self._best_state))
+        else:
+            st.evals_without_improvement += 1
+        patience = self.cfg.train.early_stopping_patience
+        return patience is not None and st.evals_without_improvement >= patience
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        path = ckpt.save_checkpoint(
+            self.run.checkpoints,
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            self.state,
+            self.cfg.fingerprint(),
+            self.cfg.train.keep_checkpoints,
+        )
+        self.on_event("checkpoint", {"step": self.state.step, "path": str(path)})
+
+    @property
+    def _best_state(self) -> Path:
+        return self.run.checkpoints / "best-trainable.safetensors"
+
+    def save_artifact(self, out: Path) -> None:
+        """The trained result in its standard form (PEFT adapter, or a full model folder) + tokenizer."""
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.spec.save(self.accelerator.unwrap_model(self.model), tmp)
+        self.lm.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+
+    def finish(self) -> Path:
+        """Write the final artifact: the best validated weights if there was validation, else the last ones."""
+        target = self.run.artifact(self.spec.artifact)
+        if self.state.best_step is not None and self.run.best.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(self.run.best, target)
+            if self.state.best_step != self.state.step and self._best_state.is_file():
+                # Evaluation after training must see the weights that were kept, not the last ones.
+                ckpt.load_trainable_state(
+                    self.accelerator.unwrap_model(self.model), load_file(str(self._best_state))
+                )
+        else:
+            self.save_artifact(target)
+        info = {
+            "steps": self.state.step,
+            "best_step": self.state.best_step,
+            "best_val_loss": self.state.best_val_loss,
+            "stopped_early": self.state.stopped_early,
+            "tokens_seen": self.state.tokens_seen,
+            "train_seconds": round(self.state.elapsed_s, 1),
+            "artifact": target.name,
+        }
+        self.run.done.write_text(json.dumps(info, indent=1))
+        return target
+
+    def cleanup(self) -> None:
+        self.accelerator.free_memory()
+
+
+# ------------------------------------------------------------------------------------------------- parts
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise DataError("the method left no parameter to train", "check the method settings")
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.learning_rate, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    t = cfg.train
+    warmup = t.warmup_steps if t.warmup_steps is not None else int(round(t.warmup_ratio * total_steps))
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def prepare_splits(cfg: RunConfig, tok: Any, run: RunDir) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+    """Read, clean, validate and split the data once; later calls (resume, eval) read the saved splits."""
+    from tuneforge.data.prepare import prepare_data, read_split, write_rejects, write_split
+
+    marker = run.data / "splits.json"
+    names = ("train", "validation", "test")
+    if marker.is_file():
+        report = (
+            json.loads((run.data / "data_report.json").read_text())
+            if (run.data / "data_report.json").is_file()
+            else {}
+        )
+        return {n: read_split(run.data / f"{n}.jsonl") for n in names}, report
+    run.data.mkdir(parents=True, exist_ok=True)
+    count = count_tokens_fn(tok, cfg.data)
+    prepared = prepare_data(cfg.data, cfg.seed, count)
+    splits = {"train": prepared.train, "validation": prepared.validation, "test": prepared.test}
+    for n in names:
+        write_split(splits[n], run.data / f"{n}.jsonl")
+    write_rejects(prepared.rejects, run.data / "rejects.jsonl")
+    report = {
+        "format": prepared.format,
+        "stats": prepared.stats,
+        "warnings": [str(p) for p in prepared.problems[:50]],
+        "n_warnings": len(prepared.problems),
+    }
+    (run.data / "data_report.json").write_text(json.dumps(report, indent=1, default=str))
+    marker.write_text(json.dumps({n: len(splits[n]) for n in names}))
+    return splits, report
+
+
+def _append_rejects(path: Path, rejects: list) -> None:
+    if not rejects:
+        return
+    with open(path, "a") as f:
+        for r in rejects:
+            f.write(json.dumps(r.to_dict(), ensure_ascii=False, default=str) + "\n")
+
+
+def _report_tokenization(rep: TokenizeReport, vrep: TokenizeReport, cfg: RunConfig) -> None:
+    """Counts the user must see before training starts: nothing is cut or dropped silently."""
+    for name, r in (("train", rep), ("validation", vrep)):
+        if r.examples_in == 0:
+            continue
+        parts = [
+            f"{r.sequences_out} sequences from {r.examples_in} examples",
+            f"{r.target_tokens:,} target tokens",
+            f"longest {r.longest}",
+        ]
+        if r.truncated:
+            parts.append(f"[yellow]{r.truncated} truncated to {cfg.data.max_length}[/]")
+        if r.dropped_too_long:
+            parts.append(f"[yellow]{r.dropped_too_long} dropped as longer than {cfg.data.max_length}[/]")
+        if r.dropped_no_target:
+            parts.append(f"[yellow]{r.dropped_no_target} dropped with nothing to train on[/]")
+        if r.skipped_undesirable:
+            parts.append(f"{r.skipped_undesirable} undesirable answers skipped")
+        if r.chunked_texts:
+            parts.append(f"{r.chunked_texts} long texts split into chunks")
+        console.print(f"Tokenised {name}: " + ", ".join(parts))
+
+
+def run_training(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_event: EventFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | None = None,
+) -> tuple[TrainResult, FineTune]:
+    """setup → train → finish. Returns the result and the recipe (whose model is still loaded, for eval)."""
+    ft = FineTune(
+        cfg, resume=resume, overwrite=overwrite, on_event=on_event, should_stop=should_stop, device=device
+    )
+    ft.setup()
+    result = ft.train()
+    if not result.stopped_by_request:
+        ft.finish()
+    return result, ft

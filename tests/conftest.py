@@ -1,0 +1,141 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and a tiny randomly initialised model built on it.
+
+The tiny model (2 layers, width 64) trains in seconds on CPU, which lets the unit tests exercise the real
+loop, checkpoints and evaluation. The real-model tests live in tests/e2e and are marked `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_DATA = REPO.parent / "shared" / "peer-data" / "llamafactory"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smol_dir() -> Path:
+    """The converted SmolLM2-135M-Instruct folder (converted from the bundled GGUF once per machine)."""
+    from tuneforge.models.load import ensure_converted
+    from tuneforge.models.registry import resolve
+
+    return ensure_converted(resolve("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_dir):
+    from tuneforge.models.load import load_tokenizer
+
+    return load_tokenizer(str(smol_dir))[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_dir) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights, saved as a local folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(smol_dir))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Chile": "Santiago",
+    "Spain": "Madrid",
+}
+
+
+def capitals_records(n: int = 64, seed: int = 0) -> list[dict]:
+    """A toy task a tiny model learns in seconds: name the capital, phrased a few ways."""
+    rng = random.Random(seed)
+    asks = [
+        "Capital of {c}?",
+        "What is the capital of {c}?",
+        "{c}: capital city?",
+        "Name the capital of {c}.",
+        "Which city is the capital of {c}?",
+        "capital {c}",
+        "Tell me {c}'s capital.",
+        "{c} capital please",
+    ]
+    rows = []
+    pairs = [(c, a) for c in CAPITALS for a in asks]
+    rng.shuffle(pairs)
+    for c, a in pairs[:n]:
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": a.format(c=c)},
+                    {"role": "assistant", "content": CAPITALS[c]},
+                ]
+            }
+        )
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def capitals_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "capitals.jsonl", capitals_records())
+
+
+def tiny_config(tiny_model_dir: Path, data: Path, run_dir: Path, *overrides: str):
+    """A run config for the tiny model that trains in a few seconds."""
+    from tuneforge.config import apply_overrides, build_config
+
+    base = {
+        "run_dir": str(run_dir),
+        "seed": 0,
+        "model": {"name": str(tiny_model_dir)},
+        "data": {
+            "train": str(data),
+            "split": {"validation": 0.15, "test": 0.15},
+            "clean": {"dedupe": "exact"},
+            "max_length": 64,
+        },
+        "method": {"name": "full"},
+        "train": {
+            "learning_rate": 3e-3,
+            "epochs": 4,
+            "batch_size": 8,
+            "eval_every": 5,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+        },
+        "eval": {"max_new_tokens": 6, "few_shot": 0, "samples": 2},
+    }
+    return build_config(apply_overrides(base, list(overrides)), "test")
