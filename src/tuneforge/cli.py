@@ -313,6 +313,10 @@ def methods() -> None:
 
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
+    import warnings
+
+    # Deprecation notices from inside transformers/peft are for us, not for the user.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:

@@ -214,7 +214,7 @@ class TrainConfig(Section):
 # -------------------------------------------------------------------------------------------------- eval
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1, description="Longest generated answer.")
-    batch_size: int = Field(16, ge=1, description="Prompts generated at once.")
+    batch_size: int = Field(32, ge=1, description="Prompts generated at once.")
     max_examples: int | None = Field(None, ge=1, description="Evaluate on at most this many test examples.")
     few_shot: int = Field(
         3,

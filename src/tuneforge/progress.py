@@ -20,6 +20,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: wide enough for the report tables, no wrapping at 80 columns
+    console = Console(stderr=True, width=140)
 
 
 def bar(description: str, total: int | None, *fields: str) -> Progress:

@@ -194,6 +194,7 @@ def tokenize_example(ex: Example, tok: Any, cfg: DataConfig, labels: Sequence[st
     messages = conversation(ex, cfg, labels)
     weights = _turn_weights(messages, cfg.train_on)
     msgs, tools = to_template(messages, tok, ex.tools)
+    weights = [0.0] * (len(msgs) - len(messages)) + weights  # a tool-spec system turn may have been added
     full, spans = _char_spans(tok, msgs, tools, weights)
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]

@@ -21,7 +21,7 @@ from tuneforge.data.collate import collate
 from tuneforge.data.schema import Example, Message
 from tuneforge.data.tokenize import conversation, label_set, prompt_of, tokenize_examples
 from tuneforge.eval import metrics as M
-from tuneforge.eval.generate import SamplingParams, _autocast, adapters_off, generate_chats
+from tuneforge.eval.generate import SamplingParams, _autocast, adapters_merged, adapters_off, generate_chats
 from tuneforge.models.load import LoadedModel
 from tuneforge.progress import bar
 from tuneforge.train.objectives import weighted_lm_loss
@@ -73,7 +73,7 @@ def run_variant(
     t0 = time.time()
     with bar(f"Evaluating {v.title}", len(convs)) as progress:
         task = progress.add_task(f"Evaluating {v.title}", total=len(convs))
-        with adapters_off(v.lm.model) if not v.adapters else contextlib.nullcontext():
+        with adapters_off(v.lm.model) if not v.adapters else adapters_merged(v.lm.model):
             gens = generate_chats(
                 v.lm,
                 convs,

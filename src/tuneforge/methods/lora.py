@@ -16,7 +16,12 @@ class LoraMethodConfig(MethodConfig):
     name: str = "lora"
     r: int = Field(16, ge=1, description="Adapter rank.")
     alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on the adapter input (0 is fastest on CPU: no copy of every input).",
+    )
     target_modules: str | list[str] = Field(
         "all-linear",
         description="Layers to adapt: `all-linear`, or names such as [q_proj, k_proj, v_proj, o_proj].",

@@ -176,12 +176,10 @@ def _quiet_transformers() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def load_tokenizer(
-    path: str, chat_template: str | None = None, revision: str | None = None
-) -> tuple[Any, str]:
+def load_tokenizer(path: str, chat_template: str | None = None) -> tuple[Any, str]:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    tok = AutoTokenizer.from_pretrained(path)
     origin = "model"
     if chat_template:
         tok.chat_template = chat_template
@@ -197,23 +195,62 @@ def load_tokenizer(
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def base_path_for(src: ModelSource, steps: Steps | None = None) -> str:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine gets a clear error in seconds instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_snapshot(hub_id: str, revision: str | None = None) -> str:
+    """A local folder for a hub model: the HF cache if it already holds it, else a download."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(hub_id, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+        raise ModelError(
+            f"cannot download {hub_id!r}: the Hugging Face hub is not reachable from this machine and the model is "
+            "not in the local HF cache",
+            f"use a bundled model ({offline_alternatives()}) or a local folder",
+        )
+    try:
+        return snapshot_download(
+            hub_id,
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+        )
+    except HfHubHTTPError as e:
+        raise ModelError(
+            f"could not download {hub_id!r}: {str(e).splitlines()[0]}",
+            "check the model id (org/name) and your access to it",
+        ) from None
+
+
+def base_path_for(src: ModelSource, steps: Steps | None = None, revision: str | None = None) -> str:
     if src.kind == "gguf":
         return str(ensure_converted(src, steps))
     if src.kind == "hf_dir":
         return str(src.path)
     if src.kind == "hub":
-        return src.hub_id
+        return hub_snapshot(src.hub_id, revision)
     raise ModelError(f"{src.name} is a run folder, not a base model", "give the run's base model instead")
 
 
-def _from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str, revision: str | None):
+def _from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn, revision=revision
-        )
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     except OSError as e:
         if src.kind == "hub":
             raise ModelError(
@@ -243,9 +280,9 @@ def load_model(
     if src.kind == "run":
         return _load_run(src, dev, tdtype, attn_implementation, steps)
 
-    path = base_path_for(src, steps)
-    tok, origin = load_tokenizer(path, chat_template, revision)
-    model = _from_pretrained(path, src, tdtype, attn_implementation, revision).to(dev)
+    path = base_path_for(src, steps, revision)
+    tok, origin = load_tokenizer(path, chat_template)
+    model = _from_pretrained(path, src, tdtype, attn_implementation).to(dev)
     model.eval()
     return LoadedModel(
         model=model,
@@ -272,11 +309,11 @@ def _load_run(
     # The run's own tokenizer folder carries the chat template it was trained with.
     tok, origin = load_tokenizer(str(artifact), None)
     if spec.artifact == "model":
-        model = _from_pretrained(str(artifact), base_src, tdtype, attn, None)
+        model = _from_pretrained(str(artifact), base_src, tdtype, attn)
         base_path = str(artifact)
     else:
-        base_path = base_path_for(base_src, steps)
-        base = _from_pretrained(base_path, base_src, tdtype, attn, cfg.model.revision)
+        base_path = base_path_for(base_src, steps, cfg.model.revision)
+        base = _from_pretrained(base_path, base_src, tdtype, attn)
         model = spec.load(base, artifact)
     model.to(dev).eval()
     return LoadedModel(
