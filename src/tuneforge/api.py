@@ -18,7 +18,7 @@ from tuneforge.data.schema import Example
 from tuneforge.errors import TuneforgeError
 from tuneforge.eval.compare import compare
 from tuneforge.eval.report import plot_loss, print_report, write_report
-from tuneforge.models.load import LoadedModel, load_model
+from tuneforge.models.load import LoadedModel, attention_for, load_model, set_attention
 from tuneforge.progress import console
 from tuneforge.train.loop import EventFn, run_training
 from tuneforge.train.rundir import RunDir
@@ -55,6 +55,7 @@ def finetune(
         return summary
 
     model = ft.accelerator.unwrap_model(ft.model)
+    set_attention(model, attention_for(cfg.model.attn_implementation, ft.lm.device, training=False))
     tuned = LoadedModel(
         model=model,
         tokenizer=ft.lm.tokenizer,

@@ -136,8 +136,10 @@ class ModelConfig(Section):
         None,
         description="Jinja chat template overriding the model's own (base models without one get ChatML).",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel. `auto`: SDPA, except for training on CPU where the eager kernel is faster "
+        "on short sequences (measured 430 vs 338 tokens/s on SmolLM2).",
     )
 
 

@@ -32,7 +32,7 @@ from tuneforge.data.schema import Example
 from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set, tokenize_examples
 from tuneforge.errors import DataError
 from tuneforge.methods import registry
-from tuneforge.models.load import LoadedModel, cpu_has_fast_bf16, load_model
+from tuneforge.models.load import LoadedModel, attention_for, cpu_has_fast_bf16, load_model, set_attention
 from tuneforge.progress import Steps, bar, console
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.objectives import weighted_lm_loss
@@ -127,6 +127,9 @@ class FineTune:
             )
         (self.run.data / "data_report.json").write_text(json.dumps(self.data_report, indent=1, default=str))
 
+        set_attention(
+            self.lm.model, attention_for(cfg.model.attn_implementation, self.lm.device, training=True)
+        )
         model = self.spec.prepare(self.lm.model, cfg.method)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
