@@ -117,7 +117,7 @@ def test_split_of(run_dir: Path) -> tuple[list[Example], list[Example], list[Exa
 
 
 def load_eval_data(
-    data: str | None, run_dir: Path | None, data_cfg: DataConfig | None
+    data: str | None, run_dir: Path | None, data_cfg: DataConfig | None, shots: int = 0
 ) -> tuple[list[Example], list[Example], list[Example], DataConfig]:
     """Examples to evaluate on: a file given with --data (all of it is test), or a run's saved splits."""
     from tuneforge.data.formats import load_file
@@ -127,10 +127,15 @@ def load_eval_data(
         res = load_file(data, cfg.format, cfg.columns, cfg.system_prompt)
         if not res.examples:
             raise TuneforgeError(f"{data} holds no usable examples", "run `tuneforge data inspect` on it")
-        train: list[Example] = []
-        if run_dir is not None:
-            train = test_split_of(run_dir)[0]
-        return train, [], res.examples, cfg
+        test = res.examples
+        train: list[Example] = test_split_of(run_dir)[0] if run_dir is not None else []
+        if not train and shots:
+            # No training split to draw solved examples from: take them from the file and score the rest.
+            from tuneforge.eval.compare import pick_shots
+
+            chosen = pick_shots(test, shots, seed=0)
+            train, test = chosen, [e for e in test if all(e is not c for c in chosen)]
+        return train, [], test, cfg
     if run_dir is not None:
         tr, va, te, rcfg = test_split_of(run_dir)
         if not te:
@@ -150,16 +155,14 @@ def compare_models(
     out_dir: str | None = None,
     show: bool = True,
 ) -> dict[str, Any]:
-    """Before/after report for any pair (or a single model when tuned_name is None)."""
+    """Before/after report for any pair, or a single model's scores when tuned_name is None."""
     eval_cfg = eval_cfg or EvalConfig()
     tuned = load_model(tuned_name) if tuned_name else None
-    run_dir = tuned.run_dir if tuned is not None else None
-    base_src_run = load_model(base_name) if tuned is None or not _same_base(base_name, tuned) else None
-    shared = base_src_run is None
-    base = tuned if shared else base_src_run
-    if base is not None and base.run_dir is not None and run_dir is None:
-        run_dir = base.run_dir
-    train, val, test, dcfg = load_eval_data(data, run_dir, None)
+    # An adapter run over this very base answers as the base with its adapter off: one copy in memory.
+    shared = tuned is not None and _same_base(base_name, tuned)
+    base = tuned if shared else load_model(base_name)
+    run_dir = (tuned.run_dir if tuned is not None else None) or base.run_dir
+    train, val, test, dcfg = load_eval_data(data, run_dir, None, eval_cfg.few_shot)
     report = compare(
         base,
         tuned,

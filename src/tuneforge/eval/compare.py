@@ -154,11 +154,12 @@ def compare(
     if eval_cfg.max_examples:
         test = test[: eval_cfg.max_examples]
     labels = label_set(list(train) + test)
-    variants = [Variant("base", "base (zero-shot)", base, adapters=not shared_weights)]
+    who = "base " if tuned is not None else ""  # a lone model is just scored, not called "base"
+    variants = [Variant("base", f"{who}(zero-shot)", base, adapters=not shared_weights)]
     shots = pick_shots(train, eval_cfg.few_shot, seed)
     if shots:
         variants.append(
-            Variant("base_few_shot", f"base ({len(shots)}-shot)", base, not shared_weights, shots)
+            Variant("base_few_shot", f"{who}({len(shots)}-shot)", base, not shared_weights, shots)
         )
     if tuned is not None:
         variants.append(Variant("tuned", "tuned", tuned, adapters=True))

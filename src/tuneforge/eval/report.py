@@ -46,7 +46,8 @@ def _fmt(v: float | None) -> str:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     variants = report["variants"]
-    table = Table(title=f"Before → after on {report['n_test']} held-out test examples", show_lines=False)
+    title = "Before → after" if "gain" in report else f"{report['base_model']}"
+    table = Table(title=f"{title} on {report['n_test']} held-out test examples", show_lines=False)
     table.add_column("metric (0-100)")
     for v in variants:
         table.add_column(v["title"], justify="right")

@@ -13,11 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 GEMMA = (
+    # Gemma's own turn format; like Gemma's instruction-tuned template, a system prompt opens the first user turn.
     "{{ bos_token }}"
-    "{% for message in messages %}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] | trim + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{% if role == 'system' %}{% set role = 'user' %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )

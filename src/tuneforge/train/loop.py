@@ -83,7 +83,7 @@ class FineTune:
         should_stop: Callable[[], bool] | None = None,
         device: str | None = None,
     ):
-        self.cfg = cfg
+        self.cfg = cfg = with_absolute_paths(cfg)
         self.run = RunDir(Path(cfg.run_dir))
         self.resume = resume
         self.overwrite = overwrite
@@ -221,7 +221,8 @@ class FineTune:
                 batches = [
                     collate([self.train_seqs[i] for i in mb], pad) for mb in self.micro_batches(st.step)
                 ]
-                norm = sum(float((b["weights"][:, 1:] > 0).mul(b["weights"][:, 1:]).sum()) for b in batches)
+                # Normalise by the target tokens of the whole optimizer step, so accumulation equals one big batch.
+                norm = sum(float(b["weights"][:, 1:].sum()) for b in batches)
                 loss_sum = correct = 0.0
                 real_tokens = 0
                 for b in batches:
@@ -399,6 +400,18 @@ class FineTune:
 
 
 # ------------------------------------------------------------------------------------------------- parts
+def with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The run's config names local files absolutely, so the run folder works from any directory later."""
+    cfg = cfg.model_copy(deep=True)
+    if Path(cfg.model.name).exists():
+        cfg.model.name = str(Path(cfg.model.name).resolve())
+    for key in ("train", "validation", "test"):
+        value = getattr(cfg.data, key)
+        if value and Path(value).exists():
+            setattr(cfg.data, key, str(Path(value).resolve()))
+    return cfg
+
+
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     t = cfg.train
     decay, no_decay = [], []
@@ -486,19 +499,12 @@ def _report_tokenization(rep: TokenizeReport, vrep: TokenizeReport, cfg: RunConf
         console.print(f"Tokenised {name}: " + ", ".join(parts))
 
 
-def run_training(
-    cfg: RunConfig,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    on_event: EventFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    device: str | None = None,
-) -> tuple[TrainResult, FineTune]:
-    """setup → train → finish. Returns the result and the recipe (whose model is still loaded, for eval)."""
-    ft = FineTune(
-        cfg, resume=resume, overwrite=overwrite, on_event=on_event, should_stop=should_stop, device=device
-    )
+def run_training(cfg: RunConfig, **options: Any) -> tuple[TrainResult, FineTune]:
+    """setup → train → finish. Returns the result and the recipe (whose model is still loaded, for eval).
+
+    options: resume, overwrite, on_event, should_stop, device — as FineTune takes them.
+    """
+    ft = FineTune(cfg, **options)
     ft.setup()
     result = ft.train()
     if not result.stopped_by_request:
