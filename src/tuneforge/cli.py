@@ -311,6 +311,56 @@ def methods() -> None:
     _console().print(t)
 
 
+# ------------------------------------------------------------------------------------------- serve/worker
+EnvFileOpt = Annotated[
+    Path | None, typer.Option(help="Read TUNEFORGE_* settings from this file (see examples/serve.env).")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="Files, runs and the SQLite database [env: TUNEFORGE_DATA_DIR].")
+]
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db [env: DATABASE_URL]."),
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes to start for fine-tuning jobs; 0 if you run `tuneforge worker` yourself "
+            "[env: TUNEFORGE_WORKERS, default 1]."
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    env_file: EnvFileOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve an OpenAI-compatible API (files, fine-tuning jobs, models, chat) with workers for the jobs."""
+    from tuneforge.serve.server import serve as run_server
+    from tuneforge.serve.settings import load_settings
+
+    settings = load_settings(env_file, data_dir=data_dir, database_url=database_url)
+    run_server(settings, host, port, workers, log_level)
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    env_file: EnvFileOpt = None,
+) -> None:
+    """Run fine-tuning jobs from the server's queue (start as many as you like, on any machine sharing the data)."""
+    from tuneforge.serve.server import run_worker
+    from tuneforge.serve.settings import load_settings
+
+    run_worker(load_settings(env_file, data_dir=data_dir, database_url=database_url))
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     import warnings

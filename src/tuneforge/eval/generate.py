@@ -8,6 +8,7 @@ Generation stops at the template's end-of-turn token as well as at EOS.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -173,3 +174,118 @@ def stream_chat(lm: LoadedModel, messages: Sequence[Message], params: SamplingPa
     thread.start()
     yield from streamer
     thread.join()
+
+
+# ------------------------------------------------------------------------------- token-level streaming
+@dataclass
+class Piece:
+    """A piece of text of choice `index`; `finish_reason` is set on the last piece of that choice."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+class TokenStream:
+    """Sample `n` answers to one prompt token by token, yielding text pieces as they are decoded.
+
+    For the service: every request gets its own seeded `torch.Generator` (no global RNG state is touched, so
+    concurrent requests do not disturb each other's seeds), stop strings are cut without ever streaming a
+    partial match, and `prompt_tokens`, `completion_tokens` and `finish_reasons` are known once it is exhausted.
+    `should_cancel()` is polled between tokens (a client that went away stops the generation).
+
+        stream = TokenStream(lm, prompt_ids, SamplingParams(max_new_tokens=64, temperature=0.7, seed=1), n=2)
+        for piece in stream: ...
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        n: int = 1,
+        should_cancel: Any = None,
+    ):
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        self.lm, self.params, self.n = lm, params, n
+        self.prompt_ids = list(prompt_ids)
+        self.prompt_tokens = len(self.prompt_ids)
+        self.completion_tokens = [0] * n
+        self.finish_reasons: list[str | None] = [None] * n
+        self.should_cancel = should_cancel or (lambda: False)
+
+    def texts(self) -> list[str]:
+        """Run to the end; the full text of every choice."""
+        out = [""] * self.n
+        for p in self:
+            out[p.index] += p.text
+        return out
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[Piece]:
+        lm, params, n = self.lm, self.params, self.n
+        tok, model, device = lm.tokenizer, lm.model, lm.device
+        stops = set(lm.stop_token_ids or [tok.eos_token_id])
+        stop_strings = [s for s in params.stop if s]
+        hold = max((len(s) for s in stop_strings), default=1) - 1
+        gen = torch.Generator(device=device)
+        gen.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        ids = torch.tensor([self.prompt_ids] * n, device=device)
+        new: list[list[int]] = [[] for _ in range(n)]
+        sent = [0] * n  # characters of the decoded text already yielded
+        done = [False] * n
+        past = None
+        for _ in range(params.max_new_tokens):
+            if self.should_cancel():
+                return
+            with _autocast(device):
+                out = model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            nxt = _sample(out.logits[:, -1, :].float(), params, gen)
+            for i in range(n):
+                if done[i]:
+                    continue
+                t = int(nxt[i])
+                self.completion_tokens[i] += 1
+                if t in stops:
+                    done[i] = True
+                    self.finish_reasons[i] = "stop"
+                    text = tok.decode(new[i], skip_special_tokens=True)
+                    yield Piece(i, text[sent[i] :], "stop")
+                    continue
+                new[i].append(t)
+                text = tok.decode(new[i], skip_special_tokens=True)
+                cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+                if cut >= 0:
+                    done[i] = True
+                    self.finish_reasons[i] = "stop"
+                    yield Piece(i, text[sent[i] : max(cut, sent[i])], "stop")
+                    continue
+                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                    continue
+                upto = len(text) - hold if stop_strings else len(text)
+                if upto > sent[i]:
+                    yield Piece(i, text[sent[i] : upto])
+                    sent[i] = upto
+            if all(done):
+                return
+            ids = nxt.view(n, 1)
+        for i in range(n):
+            if not done[i]:
+                self.finish_reasons[i] = "length"
+                text = tok.decode(new[i], skip_special_tokens=True)
+                yield Piece(i, text[sent[i] :], "length")
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling with the request's generator."""
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(dim=-1) - sorted_p < params.top_p  # the first token is always kept
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).view(-1)

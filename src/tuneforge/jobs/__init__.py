@@ -1,0 +1,1 @@
+"""Persistent fine-tuning jobs: the metadata store (SQLAlchemy) and the workers that run jobs."""

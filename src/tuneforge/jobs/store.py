@@ -1,0 +1,350 @@
+"""The metadata store: tenants' API keys, files, fine-tuning jobs with their events and checkpoints, fine-tuned
+models, and the workers that run jobs. SQLAlchemy 2; SQLite by default, PostgreSQL through DATABASE_URL.
+
+Blobs (uploaded files, run folders) live in the data directory; rows hold their paths. Every row that belongs to
+a tenant carries `owner`, and every query from the API filters on it.
+
+Jobs are leased, never locked for their whole run: a worker takes a queued job with a compare-and-set on
+`lease_token` (and `SELECT ... FOR UPDATE SKIP LOCKED` where the database has it), then renews
+`lease_expires_at` with a heartbeat. A job whose lease ran out belongs to a worker that died; the next worker to
+lease it resumes it from its last checkpoint. Times are Unix seconds from the machines' clocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+ACTIVE = ("validating_files", "queued", "running")  # a worker may hold these
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiKey(Base):
+    """An API key (stored as its SHA-256) and the tenant it belongs to."""
+
+    __tablename__ = "api_keys"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    hint: Mapped[str] = mapped_column(String(16))  # "sk-a...yz", to tell keys apart in logs
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class File(Base):
+    __tablename__ = "files"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(255))  # the client's name, shown back; never used as a path
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # where the content is, chosen by the server
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(128))  # base model id
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    training_type: Mapped[str] = mapped_column(String(16), default="lora")
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # as requested ("auto" allowed)
+    resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # after validation
+    extras: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tuneforge extensions (lora rank ...)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    control: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "pause" | "cancel" requests
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    failures: Mapped[list[Any]] = mapped_column(JSON, default=list)  # reasons of failed attempts
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    type: Mapped[str] = mapped_column(String(16), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # for metrics events: de-duplication
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step_number"),)
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step_number: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class FineTunedModel(Base):
+    __tablename__ = "models"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(255), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    base: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[str] = mapped_column(String(64))
+    run_dir: Mapped[str] = mapped_column(Text)
+    training_type: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class WorkerRow(Base):
+    """A worker process and its last sign of life (for /health)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[int] = mapped_column(Integer)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+# ------------------------------------------------------------------------------------------------ engine
+def make_engine(url: str) -> Engine:
+    """An engine for SQLite (WAL, busy timeout: the server and the workers write concurrently) or PostgreSQL."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record) -> None:  # pragma: no cover - trivial
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True)
+
+
+def init_db(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as s, s.begin():
+        yield s
+
+
+# -------------------------------------------------------------------------------------------------- keys
+def key_hint(key: str) -> str:
+    return f"{key[:4]}...{key[-2:]}"
+
+
+def sync_api_keys(s: Session, keys: dict[str, str]) -> None:
+    """Make the configured keys valid (adding new ones, moving a key to a new owner); keys made earlier stay."""
+    for key, owner in keys.items():
+        h = hash_key(key)
+        row = s.scalar(select(ApiKey).where(ApiKey.key_hash == h))
+        if row is None:
+            s.add(ApiKey(key_hash=h, owner=owner, hint=key_hint(key), created_at=int(now())))
+        elif row.owner != owner:
+            row.owner = owner
+
+
+def create_api_key(s: Session, owner: str) -> str:
+    key = "sk-tf-" + secrets.token_urlsafe(24)
+    s.add(ApiKey(key_hash=hash_key(key), owner=owner, hint=key_hint(key), created_at=int(now())))
+    return key
+
+
+def owner_of_key(s: Session, key: str) -> str | None:
+    return s.scalar(select(ApiKey.owner).where(ApiKey.key_hash == hash_key(key)))
+
+
+# ------------------------------------------------------------------------------------------- pagination
+@dataclass
+class Page:
+    rows: list[Any]
+    has_more: bool
+
+
+def page(s: Session, stmt, model: type, after_pk: int | None, limit: int, newest_first: bool = True) -> Page:
+    """Cursor pagination on the insertion order: `after` is the id of the last row of the previous page."""
+    order = model.pk.desc() if newest_first else model.pk.asc()
+    if after_pk is not None:
+        stmt = stmt.where(model.pk < after_pk if newest_first else model.pk > after_pk)
+    rows = list(s.scalars(stmt.order_by(order).limit(limit + 1)))
+    return Page(rows[:limit], len(rows) > limit)
+
+
+# ------------------------------------------------------------------------------------------------ events
+def add_event(
+    s: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+    step: int | None = None,
+) -> JobEvent:
+    ev = JobEvent(
+        id=new_id("ftevent"),
+        job_id=job_id,
+        created_at=int(now()),
+        level=level,
+        type=type,
+        message=message,
+        data=data,
+        step=step,
+    )
+    s.add(ev)
+    return ev
+
+
+# ------------------------------------------------------------------------------------------------ leases
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str
+    attempt: int
+    recovered: bool  # taken over from a worker whose lease ran out
+    previous_owner: str | None
+
+
+def _leasable(t: float):
+    free = (Job.status.in_(("validating_files", "queued"))) & Job.lease_owner.is_(None)
+    expired = Job.status.in_(ACTIVE) & Job.lease_owner.is_not(None) & (Job.lease_expires_at < t)
+    return or_(free, expired)
+
+
+def lease_job(factory: sessionmaker[Session], worker_id: str, lease_s: float) -> Lease | None:
+    """Take the oldest job no live worker holds, or None. Safe against any number of concurrent workers."""
+    t = now()
+    with factory() as s:
+        stmt = select(Job.id, Job.lease_token, Job.lease_owner, Job.attempts).where(_leasable(t))
+        stmt = stmt.order_by(Job.pk).limit(8).with_for_update(skip_locked=True)
+        candidates = s.execute(stmt).all()
+        for job_id, old_token, old_owner, attempts in candidates:
+            token = uuid.uuid4().hex
+            cond = [Job.id == job_id, _leasable(t)]
+            cond.append(Job.lease_token == old_token if old_token is not None else Job.lease_token.is_(None))
+            res = s.execute(
+                update(Job)
+                .where(*cond)
+                .values(
+                    lease_owner=worker_id,
+                    lease_token=token,
+                    lease_expires_at=t + lease_s,
+                    attempts=Job.attempts + 1,
+                )
+            )
+            if res.rowcount == 1:
+                s.commit()
+                return Lease(job_id, token, attempts + 1, old_owner is not None, old_owner)
+        s.commit()
+    return None
+
+
+def renew_lease(factory: sessionmaker[Session], lease: Lease, lease_s: float) -> bool:
+    """Extend the lease; False if it was lost (another worker took the job over, or it was deleted)."""
+    with factory() as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == lease.job_id, Job.lease_token == lease.token)
+            .values(lease_expires_at=now() + lease_s)
+        )
+        s.commit()
+        return res.rowcount == 1
+
+
+def finish_lease(s: Session, lease: Lease, **values: Any) -> bool:
+    """Write the job's new state and let go of it — only if we still hold it (a CAS on the token)."""
+    values = {"lease_owner": None, "lease_token": None, "lease_expires_at": None, **values}
+    res = s.execute(
+        update(Job).where(Job.id == lease.job_id, Job.lease_token == lease.token).values(**values)
+    )
+    return res.rowcount == 1
+
+
+def heartbeat_worker(s: Session, worker_id: str, host: str, pid: int, job_id: str | None) -> None:
+    row = s.get(WorkerRow, worker_id)
+    if row is None:
+        s.add(
+            WorkerRow(
+                id=worker_id, host=host, pid=pid, started_at=int(now()), heartbeat_at=now(), job_id=job_id
+            )
+        )
+    else:
+        row.heartbeat_at = now()
+        row.job_id = job_id
+
+
+def live_workers(s: Session, within_s: float) -> Sequence[WorkerRow]:
+    return list(s.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= now() - within_s)))

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible service: files, fine-tuning jobs, models, chat and text completions."""

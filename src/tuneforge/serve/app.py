@@ -1,0 +1,84 @@
+"""The FastAPI application: `create_app(settings)`.
+
+uvicorn --factory tuneforge.serve.app:app_from_env     # settings from TUNEFORGE_* variables
+tuneforge serve                                         # the same, plus worker processes
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tuneforge import __version__
+from tuneforge.jobs import store
+from tuneforge.serve import errors
+from tuneforge.serve.engine import Engine
+from tuneforge.serve.errors import APIError
+from tuneforge.serve.routes import chat, files, fine_tuning, health, models
+from tuneforge.serve.settings import Settings
+
+DESCRIPTION = """OpenAI-compatible fine-tuning and inference on your own machine.
+
+Point the official `openai` client at `http://HOST:PORT/v1` with one of the server's API keys: files, fine-tuning
+jobs (with events and checkpoints), models, chat and text completions work as on OpenAI's API. tuneforge extensions
+are marked as such in the schemas (job `training_type`, extra hyperparameters such as `lora_rank`)."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.ensure_dirs()
+    db = store.make_engine(settings.db_url)
+    store.init_db(db)
+    sessions = store.session_factory(db)
+    with store.transaction(sessions) as s:
+        store.sync_api_keys(s, settings.api_keys)
+
+    app = FastAPI(
+        title="tuneforge",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "files", "description": "Training and validation data, and results files."},
+            {"name": "fine-tuning", "description": "Fine-tuning jobs, run by worker processes."},
+            {"name": "models", "description": "Base models and your fine-tuned models."},
+            {"name": "inference", "description": "Chat and text completions, streamed or whole."},
+            {"name": "health", "description": "Readiness."},
+        ],
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.sessions = sessions
+    app.state.engine = Engine(settings)
+    errors.install(app)
+    for r in (files.router, fine_tuning.router, models.router, chat.router, health.router):
+        app.include_router(r)
+    app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    return create_app(Settings())
+
+
+class UploadLimit:
+    """Refuse an upload whose declared size is over the limit before reading it (413 in OpenAI's shape)."""
+
+    MULTIPART_OVERHEAD = 64 * 1024
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit + self.MULTIPART_OVERHEAD:
+                err = APIError(
+                    413,
+                    f"File too large: the limit is {self.limit:,} bytes (TUNEFORGE_MAX_UPLOAD_BYTES).",
+                    param="file",
+                    code="file_too_large",
+                )
+                from fastapi.responses import JSONResponse
+
+                await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

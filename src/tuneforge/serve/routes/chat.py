@@ -1,0 +1,331 @@
+"""/v1/chat/completions and /v1/completions, streamed as server-sent events or answered whole.
+
+Generation runs in its own thread (the event loop keeps serving other requests) and hands pieces of text to the
+response through a queue. A streaming client that goes away cancels its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from tuneforge.data.schema import Message
+from tuneforge.data.tokenize import prompt_text
+from tuneforge.eval.generate import Piece, SamplingParams, TokenStream
+from tuneforge.serve.auth import Tenant
+from tuneforge.serve.deps import EngineDep, SessionDep, SettingsDep
+from tuneforge.serve.engine import Engine, Prepared, Ticket
+from tuneforge.serve.errors import APIError, bad_request
+from tuneforge.serve.routes.models import resolve_target
+from tuneforge.serve.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    SamplingIn,
+)
+from tuneforge.serve.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+def _sse_doc(model: type) -> dict:
+    return {
+        200: {
+            "description": "The whole answer as JSON, or with `stream: true` server-sent events: one "
+            f"`data: <{model.__name__}>` per piece, ending with `data: [DONE]`.",
+            "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
+# ------------------------------------------------------------------------------------------ chat
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses=_sse_doc(ChatCompletionChunk),
+    summary="Create a chat completion",
+)
+async def chat_completions(
+    body: ChatCompletionRequest, session: SessionDep, settings: SettingsDep, engine: EngineDep, owner: Tenant
+):
+    prep = await _prepare(body, session, settings, engine, owner)
+    messages = [_message(m, i) for i, m in enumerate(body.messages)]
+    try:
+        prompt = prompt_text(prep.tokenizer, messages)
+    except Exception as e:  # a template that refuses these roles or this order
+        raise bad_request(
+            f"The model's chat template cannot render these messages: {e}", "messages"
+        ) from None
+    ids = prep.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    params = _params(body, [ids], body.max_completion_tokens or body.max_tokens, prep, settings, "messages")
+    gen = _Generation(engine, prep, engine.admit(), [ids], params, body.n)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _sse(_chat_chunks(gen, rid, created, body.model, usage))
+    texts, finish, usage_ = await gen.collect()
+    return {
+        "id": rid,
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
+            for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+        ],
+        "usage": usage_,
+    }
+
+
+async def _chat_chunks(gen: _Generation, rid: str, created: int, model: str, include_usage: bool):
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        return {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": choices,
+            "usage": usage,
+        }
+
+    for i in range(gen.n_choices):
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    async for piece in gen.pieces():
+        if piece.text:
+            yield chunk([{"index": piece.index, "delta": {"content": piece.text}, "finish_reason": None}])
+        if piece.finish_reason:
+            yield chunk([{"index": piece.index, "delta": {}, "finish_reason": piece.finish_reason}])
+    if include_usage:
+        yield chunk([], gen.usage())
+
+
+# ------------------------------------------------------------------------------------- completions
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses=_sse_doc(Completion),
+    summary="Create a text completion (no chat template)",
+)
+async def completions(
+    body: CompletionRequest, session: SessionDep, settings: SettingsDep, engine: EngineDep, owner: Tenant
+):
+    prep = await _prepare(body, session, settings, engine, owner)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts or any(not p for p in prompts):
+        raise bad_request("The prompt is empty.", "prompt")
+    ids = [prep.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    params = _params(body, ids, body.max_tokens, prep, settings, "prompt")
+    gen = _Generation(engine, prep, engine.admit(), ids, params, body.n)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    echo = [prompts[i // body.n] if body.echo else "" for i in range(gen.n_choices)]
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _sse(_completion_chunks(gen, rid, created, body.model, usage, echo))
+    texts, finish, usage_ = await gen.collect()
+    return {
+        "id": rid,
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {"index": i, "text": echo[i] + t, "finish_reason": f}
+            for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+        ],
+        "usage": usage_,
+    }
+
+
+async def _completion_chunks(gen: _Generation, rid: str, created: int, model: str, include_usage: bool, echo):
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": usage,
+        }
+
+    for i, text in enumerate(echo):
+        if text:
+            yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+    async for piece in gen.pieces():
+        if piece.text or piece.finish_reason:
+            yield chunk(
+                [
+                    {
+                        "index": piece.index,
+                        "text": piece.text,
+                        "logprobs": None,
+                        "finish_reason": piece.finish_reason,
+                    }
+                ]
+            )
+    if include_usage:
+        yield chunk([], gen.usage())
+
+
+# ------------------------------------------------------------------------------------------- shared
+async def _prepare(body: SamplingIn, session, settings: Settings, engine: Engine, owner: str) -> Prepared:
+    if body.n > settings.max_n:
+        raise bad_request(
+            f"n={body.n} is more than this server allows ({settings.max_n}).", "n", "invalid_value"
+        )
+    target = await run_in_threadpool(resolve_target, session, settings, owner, body.model)
+    return await run_in_threadpool(engine.prepare, target)
+
+
+def _message(m, i: int) -> Message:
+    role = "system" if m.role == "developer" else m.role
+    if m.role == "assistant" and m.content is None and not m.tool_calls:
+        raise bad_request("An assistant message needs content or tool_calls.", f"messages.{i}.content")
+    return Message(
+        role=role, content=m.text(), tool_calls=m.tool_calls, name=m.name, tool_call_id=m.tool_call_id
+    )
+
+
+def _params(
+    body: SamplingIn,
+    prompts: Sequence[Sequence[int]],
+    max_tokens: int | None,
+    prep: Prepared,
+    settings: Settings,
+    what: str,
+) -> SamplingParams:
+    longest = max(len(p) for p in prompts)
+    ctx = prep.context_length
+    if max_tokens is None:
+        max_tokens = (
+            settings.default_max_tokens if ctx is None else min(settings.default_max_tokens, ctx - longest)
+        )
+    if ctx is not None and (longest + max_tokens > ctx or max_tokens < 1):
+        part = "messages" if what == "messages" else "prompt"
+        raise APIError(
+            400,
+            f"This model's maximum context length is {ctx} tokens. However, you requested {longest + max_tokens} "
+            f"tokens ({longest} in the {part}, {max(max_tokens, 0)} in the completion). Please reduce the length "
+            f"of the {part} or of the completion (max_tokens).",
+            param=what,
+            code="context_length_exceeded",
+        )
+    return SamplingParams(
+        max_new_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stops(),
+    )
+
+
+def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    async def body():
+        try:
+            async for e in events:
+                yield f"data: {json.dumps(e, ensure_ascii=False)}\n\n"
+        except APIError as err:  # after the headers went out, an error travels as an event
+            yield f"data: {json.dumps(err.body())}\n\n"
+        except Exception as err:
+            yield (
+                "data: "
+                + json.dumps(
+                    {
+                        "error": {
+                            "message": f"generation failed: {type(err).__name__}: {err}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "internal_error",
+                        }
+                    }
+                )
+                + "\n\n"
+            )
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@dataclass
+class _Done:
+    streams: list[TokenStream]
+
+
+class _Generation:
+    """One admitted request: its generation thread and the queue its pieces come through."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prep: Prepared,
+        ticket: Ticket,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        n: int,
+    ):
+        self.engine, self.prep, self.ticket = engine, prep, ticket
+        self.prompts, self.params, self.n = prompts, params, n
+        self.n_choices = len(prompts) * n
+        self.streams: list[TokenStream] = []
+        self.cancel = threading.Event()
+        # Started at once, so that the ticket is given back even if the response is never read.
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._work, args=(loop, self._queue), daemon=True, name="generate").start()
+
+    def _work(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the server is shutting down
+                self.cancel.set()
+
+        try:
+            with self.ticket, self.engine.generating(self.prep) as lm:
+                for k, ids in enumerate(self.prompts):
+                    stream = TokenStream(lm, ids, self.params, self.n, self.cancel.is_set)
+                    self.streams.append(stream)
+                    for piece in stream:
+                        put(Piece(piece.index + k * self.n, piece.text, piece.finish_reason))
+            put(_Done(self.streams))
+        except BaseException as e:  # handed to the request, which reports it
+            put(e)
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel.set()  # a client that went away stops the generation at the next token
+
+    async def collect(self) -> tuple[list[str], list[str], dict]:
+        texts = [""] * self.n_choices
+        finish = ["length"] * self.n_choices
+        async for p in self.pieces():
+            texts[p.index] += p.text
+            if p.finish_reason:
+                finish[p.index] = p.finish_reason
+        return texts, finish, self.usage()
+
+    def usage(self) -> dict:
+        prompt = sum(len(p) for p in self.prompts)
+        completion = sum(sum(s.completion_tokens) for s in self.streams)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

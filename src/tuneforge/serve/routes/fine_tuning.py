@@ -1,0 +1,262 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints.
+
+Creating a job only records it (status `validating_files`); a worker process does the rest.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tuneforge.jobs import store
+from tuneforge.jobs.store import Job, JobCheckpoint, JobEvent
+from tuneforge.jobs.worker import fine_tuned_model_id
+from tuneforge.serve.auth import Tenant
+from tuneforge.serve.deps import SessionDep, SettingsDep
+from tuneforge.serve.errors import bad_request, not_found
+from tuneforge.serve.schemas import (
+    CheckpointList,
+    EventList,
+    HyperparametersIn,
+    JobCreate,
+    JobList,
+    JobOut,
+)
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+def job_out(job: Job) -> dict[str, Any]:
+    hp = job.resolved or job.hyperparameters
+    return {
+        "id": job.id,
+        "created_at": job.created_at,
+        "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model,
+        "finished_at": job.finished_at,
+        "hyperparameters": hp,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "model": job.model,
+        "organization_id": job.owner,
+        "result_files": job.result_files or [],
+        "seed": job.seed,
+        "status": job.status,
+        "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "estimated_finish": job.estimated_finish if job.status == "running" else None,
+        "integrations": [],
+        "metadata": job.metadata_,
+        "user_provided_suffix": job.suffix,
+        "training_type": job.training_type,
+        "hyperparameter_extensions": job.extras or {},
+        "step": job.step or 0,
+        "total_steps": job.total_steps,
+        "attempts": job.attempts,
+        "failures": job.failures or [],
+    }
+
+
+def get_job(session: Session, owner: str, job_id: str, param: str = "fine_tuning_job_id") -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
+    if job is None:
+        raise not_found("fine-tuning job", job_id, param)
+    return job
+
+
+@router.post("", response_model=JobOut, summary="Create a fine-tuning job")
+def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: Tenant) -> dict:
+    if body.model not in settings.base_models:
+        offered = ", ".join(sorted(settings.base_models))
+        raise bad_request(
+            f"Model {body.model!r} is not available for fine-tuning on this server (available: {offered}).",
+            "model",
+            "model_not_available",
+        )
+    hp = _hyperparameters(body)
+    for param, fid in (("training_file", body.training_file), ("validation_file", body.validation_file)):
+        if fid is None:
+            continue
+        f = session.scalar(select(store.File).where(store.File.id == fid, store.File.owner == owner))
+        if f is None:
+            raise bad_request(f"Invalid file id {fid!r}: no such file.", param, "invalid_file")
+        if f.purpose != "fine-tune":
+            raise bad_request(
+                f"File {fid} has purpose {f.purpose!r}; upload it with purpose 'fine-tune'.",
+                param,
+                "invalid_file",
+            )
+    job = Job(
+        id=store.new_id("ftjob"),
+        owner=owner,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        training_type=body.training_type,
+        hyperparameters=hp.openai_part(),
+        extras=hp.extensions(),
+        metadata_=body.metadata,
+        status="validating_files",
+        created_at=int(store.now()),
+        failures=[],
+        result_files=[],
+    )
+    session.add(job)
+    session.flush()
+    store.add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    session.commit()
+    return job_out(job)
+
+
+def _hyperparameters(body: JobCreate) -> HyperparametersIn:
+    if body.method is not None and body.method.type != "supervised":
+        raise bad_request(
+            f"Method {body.method.type!r} is not supported by tuneforge; use 'supervised'.",
+            "method.type",
+            "unsupported_method",
+        )
+    in_method = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    if in_method is not None and body.hyperparameters is not None:
+        raise bad_request(
+            "Give hyperparameters in method.supervised.hyperparameters or in hyperparameters, not both.",
+            "hyperparameters",
+        )
+    return in_method or body.hyperparameters or HyperparametersIn()
+
+
+@router.get("", response_model=JobList, summary="List fine-tuning jobs")
+def list_jobs(
+    session: SessionDep,
+    owner: Tenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    after_pk = get_job(session, owner, after, "after").pk if after else None
+    pg = store.page(session, select(Job).where(Job.owner == owner), Job, after_pk, limit)
+    return {"data": [job_out(j) for j in pg.rows], "has_more": pg.has_more}
+
+
+@router.get("/{fine_tuning_job_id}", response_model=JobOut, summary="Retrieve a fine-tuning job")
+def retrieve(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
+    return job_out(get_job(session, owner, fine_tuning_job_id))
+
+
+def _control(session: Session, job: Job, action: str, allowed: tuple[str, ...], direct: str) -> Job:
+    """Ask the worker holding the job to stop (it checkpoints first), or change an idle job at once."""
+    if job.status not in allowed:
+        raise bad_request(
+            f"Job {job.id} is {job.status}: it cannot be {'cancelled' if action == 'cancel' else action + 'd'}.",
+            "fine_tuning_job_id",
+            "invalid_job_state",
+        )
+    values: dict[str, Any] = {"status": direct, "control": None}
+    if direct == "cancelled":
+        values["finished_at"] = int(store.now())
+    # An idle job (no worker holds it) changes now; a held one gets a request the worker acts on.
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.lease_owner.is_(None), Job.status == job.status)
+        .values(**values)
+    )
+    if res.rowcount == 1:
+        store.add_event(session, job.id, f"Job {direct}" if direct != "queued" else "Job resumed")
+    else:
+        session.execute(update(Job).where(Job.id == job.id).values(control=action))
+        store.add_event(session, job.id, f"{action.capitalize()} requested")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+@router.post("/{fine_tuning_job_id}/cancel", response_model=JobOut, summary="Cancel a fine-tuning job")
+def cancel(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
+    job = get_job(session, owner, fine_tuning_job_id)
+    return job_out(_control(session, job, "cancel", (*store.ACTIVE, "paused"), "cancelled"))
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=JobOut, summary="Pause a fine-tuning job")
+def pause(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
+    job = get_job(session, owner, fine_tuning_job_id)
+    return job_out(_control(session, job, "pause", store.ACTIVE, "paused"))
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=JobOut, summary="Resume a paused fine-tuning job")
+def resume(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
+    job = get_job(session, owner, fine_tuning_job_id)
+    if job.status != "paused":
+        raise bad_request(
+            f"Job {job.id} is {job.status}, not paused.", "fine_tuning_job_id", "invalid_job_state"
+        )
+    res = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == "paused").values(status="queued", control=None)
+    )
+    if res.rowcount == 1:
+        store.add_event(session, job.id, "Job resumed; it continues from its last checkpoint")
+    session.commit()
+    session.refresh(job)
+    return job_out(job)
+
+
+@router.get("/{fine_tuning_job_id}/events", response_model=EventList, summary="List a job's events")
+def events(
+    fine_tuning_job_id: str,
+    session: SessionDep,
+    owner: Tenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict:
+    job = get_job(session, owner, fine_tuning_job_id)
+    after_pk = None
+    if after:
+        after_pk = session.scalar(select(JobEvent.pk).where(JobEvent.id == after, JobEvent.job_id == job.id))
+        if after_pk is None:
+            raise not_found("fine-tuning job event", after, "after")
+    pg = store.page(session, select(JobEvent).where(JobEvent.job_id == job.id), JobEvent, after_pk, limit)
+    return {"data": pg.rows, "has_more": pg.has_more}
+
+
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList, summary="List a job's checkpoints"
+)
+def checkpoints(
+    fine_tuning_job_id: str,
+    session: SessionDep,
+    owner: Tenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict:
+    job = get_job(session, owner, fine_tuning_job_id)
+    after_pk = None
+    if after:
+        after_pk = session.scalar(
+            select(JobCheckpoint.pk).where(JobCheckpoint.id == after, JobCheckpoint.job_id == job.id)
+        )
+        if after_pk is None:
+            raise not_found("fine-tuning checkpoint", after, "after")
+    pg = store.page(
+        session, select(JobCheckpoint).where(JobCheckpoint.job_id == job.id), JobCheckpoint, after_pk, limit
+    )
+    model = fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
+    data = [
+        {
+            "id": c.id,
+            "created_at": c.created_at,
+            "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{c.step_number}",
+            "fine_tuning_job_id": job.id,
+            "metrics": c.metrics,
+            "step_number": c.step_number,
+        }
+        for c in pg.rows
+    ]
+    return {
+        "data": data,
+        "has_more": pg.has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

@@ -1,0 +1,174 @@
+"""The whole flow through the official `openai` client against a real uvicorn server: upload → job → events →
+checkpoints → results file → models → streaming chat on the fine-tuned id, the base model on the same weights."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+
+from tests.conftest import capitals_records, write_jsonl
+from tests.jobs.service_fixtures import ALICE, client, live_server, service_settings, wait_for
+
+
+def test_upload_train_watch_and_chat_with_the_official_client(tmp_path, tiny_base, capitals_jsonl):
+    from tuneforge.jobs.worker import Worker
+
+    settings = service_settings(tmp_path / "data", tiny_base)
+    val_path = write_jsonl(tmp_path / "val.jsonl", capitals_records(16, seed=1))
+    with live_server(settings) as srv:
+        c = client(srv)
+        with open(capitals_jsonl, "rb") as fh:
+            train = c.files.create(file=fh, purpose="fine-tune")
+        val = c.files.create(file=("val.jsonl", val_path.read_bytes()), purpose="fine-tune")
+        assert train.filename == "capitals.jsonl" and train.bytes == capitals_jsonl.stat().st_size
+        assert train.purpose == "fine-tune" and train.id.startswith("file-")
+        assert c.files.content(train.id).content == capitals_jsonl.read_bytes()
+        assert {f.id for f in c.files.list()} == {train.id, val.id}
+
+        job = c.fine_tuning.jobs.create(
+            model="tiny",
+            training_file=train.id,
+            validation_file=val.id,
+            suffix="caps",
+            seed=3,
+            method={
+                "type": "supervised",
+                "supervised": {
+                    "hyperparameters": {
+                        "n_epochs": 5,
+                        "batch_size": "auto",
+                        "learning_rate_multiplier": 1,
+                        "lora_rank": 8,  # a tuneforge extension, passed through by the client
+                    }
+                },
+            },
+            extra_body={"training_type": "lora"},
+        )
+        assert job.status == "validating_files" and job.model == "tiny"
+        assert job.hyperparameters.batch_size == "auto"
+
+        worker = Worker(settings)
+        t = threading.Thread(target=worker.run, kwargs={"max_jobs": 1}, daemon=True)
+        t.start()
+        done = wait_for(
+            lambda: (j := c.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+            180,
+            "the job to finish",
+        )
+        t.join(10)
+        assert done.status == "succeeded", done.error
+        assert done.fine_tuned_model == f"ft:tiny:alice:caps:{job.id.removeprefix('ftjob-')}"
+        assert done.hyperparameters.batch_size == 8 and done.hyperparameters.n_epochs == 5  # "auto" resolved
+        assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at
+
+        events = list(c.fine_tuning.jobs.list_events(job.id, limit=7))  # pages through every event
+        messages = [e.message for e in events]
+        assert any("Validating training file" in m for m in messages)
+        assert any("64 training examples, 16 validation examples" in m for m in messages)
+        assert messages[0] == "The job has successfully completed"  # newest first
+        train_rows = sorted(
+            (
+                e.data
+                for e in events
+                if e.type == "metrics" and "train_loss" in e.data and "valid_loss" not in e.data
+            ),
+            key=lambda d: d["step"],
+        )
+        val_rows = sorted(
+            (e.data for e in events if e.type == "metrics" and "valid_loss" in e.data),
+            key=lambda d: d["step"],
+        )
+        assert [r["step"] for r in train_rows] == list(range(1, 41))
+        assert train_rows[-1]["train_loss"] < 0.8 * train_rows[0]["train_loss"]
+        assert all(0 <= r["train_mean_token_accuracy"] <= 1 for r in train_rows)
+        assert val_rows and all(r["valid_mean_token_accuracy"] is not None for r in val_rows)
+        assert val_rows[-1]["valid_loss"] < val_rows[0]["valid_loss"]
+
+        ckpts = list(c.fine_tuning.jobs.checkpoints.list(job.id))
+        assert ckpts and ckpts[0].step_number == 40  # newest first
+        assert ckpts[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-40"
+        assert ckpts[0].metrics.train_loss is not None and ckpts[0].metrics.valid_loss is not None
+
+        (result_id,) = done.result_files
+        result = c.files.retrieve(result_id)
+        assert result.purpose == "fine-tune-results"
+        lines = c.files.content(result_id).text.splitlines()
+        assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+        assert len(lines) == 41
+
+        ids = [m.id for m in c.models.list()]
+        assert "tiny" in ids and done.fine_tuned_model in ids
+        assert c.models.retrieve(done.fine_tuned_model).owned_by == "alice"
+
+        # streaming chat on the fine-tuned id, with usage in the last chunk
+        ask = [{"role": "user", "content": "Capital of Peru?"}]
+        chunks = list(
+            c.chat.completions.create(
+                model=done.fine_tuned_model,
+                messages=ask,
+                stream=True,
+                temperature=0,
+                max_tokens=8,
+                stream_options={"include_usage": True},
+            )
+        )
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+        assert len(finish) == 1 and text
+        whole = c.chat.completions.create(
+            model=done.fine_tuned_model, messages=ask, temperature=0, max_tokens=8
+        )
+        assert whole.choices[0].message.content == text
+        assert whole.usage.prompt_tokens == chunks[-1].usage.prompt_tokens
+        assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+        # the base model answers from the same weights with the adapter off, and differently
+        base = c.chat.completions.create(model="tiny", messages=ask, temperature=0, max_tokens=8)
+        assert base.choices[0].message.content != text
+        health = httpx.get(f"{srv.root}/health").json()
+        assert health["models_loaded"] == {"base:tiny": [done.fine_tuned_model]}
+        assert srv.app.state.engine.loads["base:tiny"] == 1  # one base copy served both
+
+        # sampling: n choices, a seed reproduces, stop strings cut
+        kw = dict(model=done.fine_tuned_model, messages=ask, temperature=1.5, max_tokens=6, n=3)
+        a = c.chat.completions.create(seed=7, **kw)
+        b = c.chat.completions.create(seed=7, **kw)
+        assert len(a.choices) == 3 and [x.message.content for x in a.choices] == [
+            x.message.content for x in b.choices
+        ]
+        assert [x.index for x in a.choices] == [0, 1, 2]
+        stop = text[2:4]
+        cut = c.chat.completions.create(
+            model=done.fine_tuned_model, messages=ask, temperature=0, max_tokens=8, stop=[stop]
+        )
+        assert cut.choices[0].message.content == text[: text.index(stop)]
+        assert cut.choices[0].finish_reason == "stop"
+
+        # text completions, streamed and not
+        comp = c.completions.create(
+            model=done.fine_tuned_model, prompt="Lima is", max_tokens=5, temperature=0
+        )
+        assert comp.usage.completion_tokens <= 5 and comp.choices[0].finish_reason in ("stop", "length")
+        streamed = list(
+            c.completions.create(
+                model=done.fine_tuned_model, prompt="Lima is", max_tokens=5, temperature=0, stream=True
+            )
+        )
+        assert "".join(s.choices[0].text for s in streamed) == comp.choices[0].text
+
+        # the raw SSE ends with [DONE]
+        with httpx.stream(
+            "POST",
+            f"{srv.url}/chat/completions",
+            headers={"Authorization": f"Bearer {ALICE}"},
+            json={"model": "tiny", "messages": ask, "stream": True, "max_tokens": 3},
+        ) as r:
+            lines = [ln for ln in r.iter_lines() if ln]
+        assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+        # deleting the model: gone from the list, 404 afterwards
+        assert c.models.delete(done.fine_tuned_model).deleted
+        assert done.fine_tuned_model not in [m.id for m in c.models.list()]
