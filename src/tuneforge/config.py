@@ -209,6 +209,11 @@ class TrainConfig(Section):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, same examples per epoch)."
     )
+    packing: bool = Field(
+        False,
+        description="Pack several examples into each row of data.max_length tokens (block-diagonal attention: "
+        "no example sees another); batch_size then counts rows.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
 

@@ -36,14 +36,28 @@ def epoch_batches(
 
 
 def collate(items: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence. `weights` is 0 on padding, so padding never carries loss."""
+    """Right-pad to the longest sequence. `weights` is 0 on padding, so padding never carries loss.
+
+    Packed rows (with position ids) get `position_ids` instead of an attention mask: the model derives the
+    block-diagonal mask from them, and the padding tail counts as one more example that nothing attends to.
+    """
     n = max(len(t) for t in items)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), n), dtype=torch.long)
     weights = torch.zeros((len(items), n), dtype=torch.float32)
+    packed = any(t.position_ids is not None for t in items)
+    pos = torch.zeros((len(items), n), dtype=torch.long)
     for r, t in enumerate(items):
         k = len(t)
         ids[r, :k] = torch.tensor(t.input_ids, dtype=torch.long)
         mask[r, :k] = 1
         weights[r, :k] = torch.tensor(t.weights, dtype=torch.float32)
-    return {"input_ids": ids, "attention_mask": mask, "weights": weights}
+        if packed:
+            pos[r, :k] = torch.tensor(
+                t.position_ids if t.position_ids is not None else range(k), dtype=torch.long
+            )
+            pos[r, k:] = torch.arange(n - k)
+    batch = {"input_ids": ids, "attention_mask": mask, "weights": weights}
+    if packed:
+        batch["position_ids"] = pos
+    return batch

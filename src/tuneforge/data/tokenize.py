@@ -27,6 +27,7 @@ class Tokenized:
     weights: list[float]  # loss weight of predicting token i (0 for prompt tokens and padding)
     source: Any = None
     index: int = 0  # position of the example in its split
+    position_ids: list[int] | None = None  # set on packed rows: positions restart at each example
 
     @property
     def n_target(self) -> int:

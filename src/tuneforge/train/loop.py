@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.config import RunConfig
 from tuneforge.data.collate import collate, epoch_batches
+from tuneforge.data.pack import pack
 from tuneforge.data.schema import Example
 from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set, tokenize_examples
 from tuneforge.errors import DataError
@@ -126,6 +127,12 @@ class FineTune:
                 f"see {self.run.data / 'rejects.jsonl'} for why records were dropped",
             )
         (self.run.data / "data_report.json").write_text(json.dumps(self.data_report, indent=1, default=str))
+        if cfg.train.packing:
+            n_before = len(self.train_seqs)
+            self.train_seqs = pack(self.train_seqs, cfg.data.max_length)
+            console.print(
+                f"Packed {n_before} train sequences into {len(self.train_seqs)} rows of <= {cfg.data.max_length}"
+            )
 
         set_attention(
             self.lm.model, attention_for(cfg.model.attn_implementation, self.lm.device, training=True)
@@ -136,9 +143,10 @@ class FineTune:
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
         device = self.lm.device
-        self.accelerator = Accelerator(
-            mixed_precision=resolve_precision(cfg.train.precision, device), cpu=device.type == "cpu"
-        )
+        precision = resolve_precision(cfg.train.precision, device)
+        if precision == "bf16" and self.spec.artifact == "adapter":
+            frozen_to_bf16(model)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
         self.optimizer = build_optimizer(model, cfg)
         t = cfg.train
         self.batches_per_epoch = math.ceil(len(self.train_seqs) / t.batch_size)
@@ -400,6 +408,19 @@ class FineTune:
 
 
 # ------------------------------------------------------------------------------------------------- parts
+def frozen_to_bf16(model: torch.nn.Module) -> int:
+    """Keep the frozen weight matrices of the transformer blocks in bf16 when adapters train under bf16 autocast:
+    half their memory, and no fp32 -> bf16 copy of every weight at every step. The embeddings (and with them the
+    residual stream) and all trained parameters stay fp32. Returns the number of parameters converted."""
+    emb = model.get_input_embeddings().weight
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.ndim == 2 and p is not emb and p.dtype == torch.float32:
+            p.data = p.data.to(torch.bfloat16)
+            n += p.numel()
+    return n
+
+
 def with_absolute_paths(cfg: RunConfig) -> RunConfig:
     """The run's config names local files absolutely, so the run folder works from any directory later."""
     cfg = cfg.model_copy(deep=True)

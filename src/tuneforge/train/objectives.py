@@ -2,7 +2,8 @@
 
 `weighted_lm_loss` is the causal-LM objective computed only where it matters: the transformer runs on the
 whole batch, but the LM head (576 x 49k for SmolLM2 — a fifth of the model's compute per token) and the
-cross-entropy run only on the positions that carry loss. Prompt tokens and padding cost nothing there.
+cross-entropy run only on the positions that carry loss, in chunks and with the gradient formed on the way
+forward (train/fused_ce.py), so no full logits tensor ever exists. Prompt tokens and padding cost nothing there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tuneforge.train.fused_ce import fused_linear_cross_entropy
 
 
 @dataclass
@@ -37,22 +40,24 @@ def _backbone_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | 
 
 def weighted_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> LossParts:
     input_ids = batch["input_ids"]
-    mask = batch["attention_mask"]
+    # Batches are right-padded, and under causal attention a real token never looks at a later position, so the
+    # padding needs no mask: attention runs its fastest maskless causal kernel. Packed rows carry position ids
+    # instead, from which the model builds a block-diagonal causal mask.
+    pos = batch.get("position_ids")
     w = batch["weights"][:, 1:]
     sel = w > 0
     targets = input_ids[:, 1:][sel]
     weights = w[sel]
     decoder, head, base = _backbone_and_head(model)
-    if decoder is not None and head is not None:
-        hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logits = head(hidden[:, :-1][sel])
+    if decoder is not None and isinstance(head, nn.Linear) and head.bias is None:
+        hidden = decoder(input_ids=input_ids, position_ids=pos, use_cache=False).last_hidden_state
         cap = getattr(base.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-    else:
-        out = model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-        logits = out.logits[:, -input_ids.shape[1] :][:, :-1][sel]
-    logits = logits.float()
+        loss_sum, correct = fused_linear_cross_entropy(
+            hidden[:, :-1][sel], head.weight, targets, weights, cap
+        )
+        return LossParts(loss_sum, float(weights.sum()), float(correct))
+    out = model(input_ids=input_ids, position_ids=pos, use_cache=False)
+    logits = out.logits[:, -input_ids.shape[1] :][:, :-1][sel].float()
     ce = F.cross_entropy(logits, targets, reduction="none")
     with torch.no_grad():
         correct = float(((logits.argmax(-1) == targets).float() * weights).sum())
