@@ -52,7 +52,36 @@ def create_app(settings: Settings) -> FastAPI:
     for r in (files.router, fine_tuning.router, models.router, chat.router, health.router):
         app.include_router(r)
     app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
+    _document_streams(app)
     return app
+
+
+def _document_streams(app: FastAPI) -> None:
+    """Add the schemas of streamed events (referenced by the text/event-stream responses) to the document."""
+    from fastapi.openapi.utils import get_openapi
+
+    from tuneforge.serve.schemas import ChatCompletionChunk
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            chunk = ChatCompletionChunk.model_json_schema(
+                ref_template="#/components/schemas/{model}", mode="serialization"
+            )
+            for name, sub in chunk.pop("$defs", {}).items():
+                schemas.setdefault(name, sub)
+            schemas["ChatCompletionChunk"] = chunk
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

@@ -197,7 +197,7 @@ def resume(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
         update(Job).where(Job.id == job.id, Job.status == "paused").values(status="queued", control=None)
     )
     if res.rowcount == 1:
-        store.add_event(session, job.id, "Job resumed; it continues from its last checkpoint")
+        store.add_event(session, job.id, "Job resumed")
     session.commit()
     session.refresh(job)
     return job_out(job)
