@@ -7,6 +7,7 @@ again. Jobs they held are resumed from their last checkpoint by the next worker 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 
+import uvicorn
 from sqlalchemy import func, select
 
 from tuneforge.jobs import store
@@ -97,8 +99,6 @@ class WorkerPool:
 def serve(
     settings: Settings, host: str, port: int, workers: int | None = None, log_level: str = "info"
 ) -> None:
-    import uvicorn
-
     from tuneforge.serve.app import create_app
 
     key = ensure_api_key(settings)
@@ -115,10 +115,22 @@ def serve(
         f"tuneforge serving on http://{host}:{port}/v1 (docs: /docs), {n} worker(s), data in {settings.data_dir}",
         file=sys.stderr,
     )
+    server = _Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.handle_exit)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        server.run()
     finally:
-        pool.stop()
+        pool.stop()  # workers checkpoint and re-queue their jobs; then a clean exit
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal capture (which re-raises SIGTERM after shutdown and would end the
+    process before the workers are stopped)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
 def run_worker(settings: Settings) -> None:
