@@ -115,6 +115,45 @@ def _print_config_help(rows: list[tuple[str, str, str]]) -> None:
     _console().print(t)
 
 
+# --------------------------------------------------------------------------------------------- estimate
+@app.command()
+def estimate(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    set_: SetOpt = None,
+    timing: Annotated[
+        bool, typer.Option("--time/--no-time", help="Also time a few training micro-batches.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """Predict peak memory and time per epoch of a run before training it."""
+    import json
+    import tempfile
+
+    from tuneforge import api
+    from tuneforge.models.memory import explain
+    from tuneforge.train.loop import FineTune
+
+    cfg = api.load_config(config, set_ or [])
+    with tempfile.TemporaryDirectory(prefix="tuneforge-estimate-") as tmp:
+        probe = cfg.model_copy(deep=True)
+        probe.run_dir = tmp  # the real run folder is left untouched
+        probe.train.memory_check = False
+        ft = FineTune(probe)
+        ft.setup()
+        est = ft.estimate(timing=timing)
+    d = est.to_dict()
+    if timing and est.seconds_per_epoch is not None:
+        d["seconds_total"] = est.seconds_per_epoch * ft.total_steps / ft.steps_per_epoch
+    if as_json:
+        print(json.dumps(d, indent=1))
+        return
+    _console().print(explain(est))
+    if "seconds_total" in d:
+        _console().print(f"time for the whole run ({ft.total_steps} steps): {d['seconds_total']:.0f} s")
+    if not est.fits:
+        _console().print("[yellow]does not fit; try:[/] " + "; ".join(est.suggestions))
+
+
 # ------------------------------------------------------------------------------------------ eval/compare
 EvalFewShot = Annotated[
     int, typer.Option("--few-shot", help="Also judge the base with N solved training examples.")

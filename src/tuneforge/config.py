@@ -209,6 +209,15 @@ class TrainConfig(Section):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, same examples per epoch)."
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Compute each batch in micro-batches of at most this many (padded) tokens: caps activation "
+        "memory without changing the update.",
+    )
+    memory_check: bool = Field(
+        True, description="Refuse to start when the predicted peak memory exceeds what the machine has free."
+    )
     packing: bool = Field(
         False,
         description="Pack several examples into each row of data.max_length tokens (block-diagonal attention: "

@@ -36,3 +36,7 @@ class ModelError(TuneforgeError):
 
 class RunDirError(TuneforgeError):
     """The run folder cannot be used for this run."""
+
+
+class MemoryBudgetError(TuneforgeError):
+    """The run would not fit in the memory this machine has free."""

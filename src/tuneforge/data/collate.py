@@ -35,6 +35,27 @@ def epoch_batches(
     return batches
 
 
+def split_by_tokens(batch: Sequence[int], lengths: Sequence[int], budget: int | None) -> list[list[int]]:
+    """Cut one batch into micro-batches of at most `budget` padded tokens (rows x longest row), longest first.
+
+    The optimizer step still sees the whole batch (the loss is normalised over all its micro-batches), so this
+    changes peak activation memory, not the update.
+    """
+    if not budget:
+        return [list(batch)]
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(batch, key=lambda i: -lengths[i]):
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) + 1) * longest > budget:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
 def collate(items: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence. `weights` is 0 on padding, so padding never carries loss.
 

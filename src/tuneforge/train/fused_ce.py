@@ -52,6 +52,7 @@ class _FusedLinearCE(torch.autograd.Function):
             grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += (g.t() @ h).to(grad_w.dtype)
+        ctx.mark_non_differentiable(correct)
         ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
         ctx.has_grad_w = grad_w is not None
         ctx.weight_dtype = weight.dtype

@@ -27,13 +27,15 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from tuneforge.config import RunConfig
-from tuneforge.data.collate import collate, epoch_batches
+from tuneforge.data.collate import collate, epoch_batches, split_by_tokens
 from tuneforge.data.pack import pack
 from tuneforge.data.schema import Example
 from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set, tokenize_examples
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, MemoryBudgetError
 from tuneforge.methods import registry
+from tuneforge.models import memory
 from tuneforge.models.load import LoadedModel, attention_for, cpu_has_fast_bf16, load_model, set_attention
+from tuneforge.models.memory import Estimate
 from tuneforge.progress import Steps, bar, console
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train.objectives import weighted_lm_loss
@@ -159,6 +161,8 @@ class FineTune:
             model, self.optimizer, self.scheduler
         )
         self.state = ckpt.LoopState()
+        if cfg.train.memory_check:
+            self.check_memory()
         if self.has_progress:
             self._restore()
         trainable, total = registry.trainable_summary(self.model)
@@ -169,6 +173,111 @@ class FineTune:
         )
         console.print(msg)
         self.on_event("message", {"message": msg})
+
+    # ------------------------------------------------------------------------------------------ memory
+    def estimate(self, timing: bool = False) -> Estimate:
+        """Predicted peak memory (and time per epoch when `timing`) of this run as set up.
+
+        Timing runs a few real optimizer steps of different sizes and puts the weights, optimizer, scheduler and
+        random state back afterwards, so the run itself is unchanged.
+        """
+        t = self.cfg.train
+        steps = range(self.steps_per_epoch)
+        shapes, step_tokens, targets = [], [], 0
+        for step in steps:
+            n = 0
+            for mb in self.micro_batches(step):
+                rows, length = len(mb), max(len(self.train_seqs[i]) for i in mb)
+                shapes.append((rows, length))
+                targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
+                n += rows * length
+            step_tokens.append(n)
+        model = self.accelerator.unwrap_model(self.model)
+        conf = self.lm.model.config
+        rng = ckpt.rng_state()  # the probe must not shift the run's random stream (dropout)
+        try:
+            est = memory.estimate(
+                model,
+                loss_fn=weighted_lm_loss,
+                autocast=self.accelerator.autocast,
+                device=self.lm.device,
+                vocab=conf.vocab_size,
+                hidden=conf.hidden_size,
+                layers=conf.num_hidden_layers,
+                micro_batch_shapes=shapes,
+                max_target_tokens=targets,
+                optimizer=t.optimizer,
+                gradient_checkpointing=t.gradient_checkpointing,
+            )
+            if timing:
+                self._time_steps(est, step_tokens)
+        finally:
+            ckpt.set_rng_state(rng)
+            self.optimizer.zero_grad(set_to_none=True)
+        return est
+
+    def _time_steps(self, est: Estimate, step_tokens: list[int]) -> None:
+        import copy
+
+        saved = (
+            ckpt.trainable_state(self.accelerator.unwrap_model(self.model)),
+            copy.deepcopy(self.optimizer.state_dict()),
+            copy.deepcopy(self.scheduler.state_dict()),
+        )
+        order = sorted(range(len(step_tokens)), key=lambda s: step_tokens[s])
+        picks = [order[int(q * (len(order) - 1))] for q in (0.5, 0.1, 0.5, 0.9, 0.3, 0.7)]
+        self.model.train()
+        samples = []
+        for k, s in enumerate(picks):
+            row = self.train_step(s)
+            if k > 0:  # the first step warms up kernels and allocators
+                samples.append((step_tokens[s], row["seconds"]))
+        ckpt.load_trainable_state(self.accelerator.unwrap_model(self.model), saved[0])
+        self.optimizer.load_state_dict(saved[1])
+        self.scheduler.load_state_dict(saved[2])
+        overhead, per_token = memory.fit_step_time(samples)
+        train_s = sum(overhead + per_token * n for n in step_tokens)
+        # Validation passes and checkpoint writes happen at their own pace: time one of each.
+        evals = self.steps_per_epoch / self.eval_every if self.val_seqs else 0
+        val_s = 0.0
+        if self.val_seqs:
+            t0 = time.time()
+            self.validation_loss()
+            val_s = time.time() - t0
+        save_s = self._time_one_save()
+        saves = self.steps_per_epoch / self.save_every + evals  # checkpoints, and best weights at evaluations
+        est.seconds_per_epoch = train_s + evals * val_s + saves * save_s
+        est.tokens_per_second = sum(step_tokens) / max(train_s, 1e-9)
+
+    def _time_one_save(self) -> float:
+        import tempfile
+
+        times = []
+        with tempfile.TemporaryDirectory(prefix="tuneforge-save-") as tmp:
+            for _ in range(2):  # the first write pays one-off costs (imports, tokenizer serialisation caches)
+                t0 = time.time()
+                ckpt.save_checkpoint(
+                    Path(tmp),
+                    self.accelerator.unwrap_model(self.model),
+                    self.optimizer,
+                    self.scheduler,
+                    self.state,
+                    self.cfg.fingerprint(),
+                    keep=1,
+                )
+                self.save_artifact(Path(tmp) / "artifact")
+                times.append(time.time() - t0)
+        return times[-1]
+
+    def check_memory(self) -> None:
+        est = self.estimate()
+        self.memory_estimate = est
+        if not est.fits:
+            raise MemoryBudgetError(
+                f"this run needs about {memory.gib(est.peak_bytes)} at its peak but the machine has "
+                f"{memory.gib(est.available_bytes + est.parts['in use now'])} for it",
+                "try " + "; or ".join(est.suggestions) + " (or --set train.memory_check=false to try anyway)",
+            )
 
     def _restore(self) -> None:
         root = self.run.checkpoints
@@ -199,7 +308,7 @@ class FineTune:
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
             epoch, pos = divmod(k, self.batches_per_epoch)
             order = self._epoch_order(epoch, lengths)
-            out.append(order[pos])
+            out.extend(split_by_tokens(order[pos], lengths, t.micro_batch_tokens))
         return out
 
     def _epoch_order(self, epoch: int, lengths: list[int]) -> list[list[int]]:
@@ -214,7 +323,6 @@ class FineTune:
 
     def train(self) -> TrainResult:
         cfg, st = self.cfg, self.state
-        pad = self.lm.tokenizer.pad_token_id
         start_time = time.time()
         stopped_by_request = False
         self.model.train()
@@ -225,45 +333,10 @@ class FineTune:
                     stopped_by_request = True
                     self.save_checkpoint()
                     break
-                t0 = time.time()
-                batches = [
-                    collate([self.train_seqs[i] for i in mb], pad) for mb in self.micro_batches(st.step)
-                ]
-                # Normalise by the target tokens of the whole optimizer step, so accumulation equals one big batch.
-                norm = sum(float(b["weights"][:, 1:].sum()) for b in batches)
-                loss_sum = correct = 0.0
-                real_tokens = 0
-                for b in batches:
-                    b = {k: v.to(self.accelerator.device) for k, v in b.items()}
-                    with self.accelerator.autocast():
-                        parts = weighted_lm_loss(self.model, b)
-                    self.accelerator.backward(parts.loss_sum / norm)
-                    loss_sum += float(parts.loss_sum.detach())
-                    correct += parts.correct
-                    real_tokens += int(b["attention_mask"].sum())
-                grad_norm = None
-                if cfg.train.max_grad_norm:
-                    grad_norm = float(
-                        self.accelerator.clip_grad_norm_(self._trainable(), cfg.train.max_grad_norm)
-                    )
-                lr = self.scheduler.get_last_lr()[0]
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                row = self.train_step(st.step)
                 st.step += 1
-                st.tokens_seen += real_tokens
-                dt = time.time() - t0
-                row = {
-                    "step": st.step,
-                    "epoch": round(st.step / self.steps_per_epoch, 4),
-                    "loss": loss_sum / max(norm, 1e-9),
-                    "token_accuracy": correct / max(norm, 1e-9),
-                    "lr": lr,
-                    "tokens_per_s": real_tokens / max(dt, 1e-9),
-                    "tokens": real_tokens,
-                }
-                if grad_norm is not None:
-                    row["grad_norm"] = grad_norm
+                st.tokens_seen += row["tokens"]
+                row = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), **row}
                 if st.step % cfg.train.log_every == 0 or st.step == self.total_steps:
                     self._log(row)
                 progress.update(
@@ -301,6 +374,45 @@ class FineTune:
             tokens_seen=st.tokens_seen,
             data_report=self.data_report,
         )
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step on the micro-batches of `step`: forward, backward, clip, update, schedule."""
+        t0 = time.time()
+        pad = self.lm.tokenizer.pad_token_id
+        batches = [collate([self.train_seqs[i] for i in mb], pad) for mb in self.micro_batches(step)]
+        # Normalise by the target tokens of the whole optimizer step, so accumulation equals one big batch.
+        norm = sum(float(b["weights"][:, 1:].sum()) for b in batches)
+        loss_sum = correct = 0.0
+        real_tokens = 0
+        for b in batches:
+            b = {k: v.to(self.accelerator.device) for k, v in b.items()}
+            with self.accelerator.autocast():
+                parts = weighted_lm_loss(self.model, b)
+            self.accelerator.backward(parts.loss_sum / norm)
+            loss_sum += float(parts.loss_sum.detach())
+            correct += parts.correct
+            real_tokens += int(b["attention_mask"].sum())
+        grad_norm = None
+        if self.cfg.train.max_grad_norm:
+            grad_norm = float(
+                self.accelerator.clip_grad_norm_(self._trainable(), self.cfg.train.max_grad_norm)
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.time() - t0
+        row = {
+            "loss": loss_sum / max(norm, 1e-9),
+            "token_accuracy": correct / max(norm, 1e-9),
+            "lr": lr,
+            "tokens_per_s": real_tokens / max(dt, 1e-9),
+            "tokens": real_tokens,
+            "seconds": dt,
+        }
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm
+        return row
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

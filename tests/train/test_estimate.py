@@ -1,0 +1,83 @@
+"""The memory/time estimator against measurements, and the refusal to start a run that cannot fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, tiny_config
+from tuneforge.config import dump_config
+from tuneforge.errors import MemoryBudgetError
+from tuneforge.models import memory
+from tuneforge.train.loop import FineTune
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def _peak_rss_of(*args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """Run the CLI and return its result and the child's own peak RSS (os.wait4 gives that child's rusage)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read()
+    return subprocess.CompletedProcess(
+        proc.args, os.waitstatus_to_exitcode(status), "", err
+    ), usage.ru_maxrss * 1024
+
+
+def test_estimate_matches_a_real_run_within_25_percent(tiny_model_dir, capitals_file, tmp_path):
+    cfg = tiny_config(
+        tiny_model_dir,
+        capitals_file,
+        tmp_path / "run",
+        "method.name=lora",
+        "train.epochs=25",
+        "train.batch_size=16",
+        "train.eval_every=20",
+    )
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    est = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "estimate", str(path), "--json"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert est.returncode == 0, est.stderr[-2000:]
+    predicted = json.loads(est.stdout)
+    run, peak = _peak_rss_of("train", str(path), "--no-eval")
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured_s = json.loads((tmp_path / "run" / "train_done.json").read_text())["train_seconds"]
+    assert predicted["peak_bytes"] == pytest.approx(peak, rel=0.25)
+    assert predicted["seconds_total"] == pytest.approx(measured_s, rel=0.25)
+
+
+def test_refuses_to_start_when_it_cannot_fit(tiny_model_dir, capitals_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "memory_available", lambda device: 1024)
+    cfg = tiny_config(tiny_model_dir, capitals_file, tmp_path / "run", "method.name=full")
+    with pytest.raises(MemoryBudgetError) as e:
+        FineTune(cfg).setup()
+    msg = str(e.value)
+    assert "needs about" in msg and "train.batch_size=" in msg and "gradient_checkpointing" in msg
+    assert "train.memory_check=false" in msg
+    monkeypatch.undo()
+
+
+def test_memory_check_can_be_switched_off(tiny_model_dir, capitals_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "memory_available", lambda device: 1024)
+    cfg = tiny_config(
+        tiny_model_dir, capitals_file, tmp_path / "run", "train.memory_check=false", "train.max_steps=1"
+    )
+    ft = FineTune(cfg)
+    ft.setup()
+    assert ft.train().steps == 1
