@@ -15,6 +15,8 @@ from tuneforge.jobs import store
 from tuneforge.jobs.store import File, FineTunedModel, Job, JobEvent
 from tuneforge.jobs.worker import Worker
 
+pytestmark = pytest.mark.timeout(300)
+
 
 def _file(worker: Worker, path, owner: str = "alice") -> str:
     fid = store.new_id("file")

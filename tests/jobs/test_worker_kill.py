@@ -3,6 +3,7 @@ when the lease runs out, resumes it from the last checkpoint, and the job succee
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from tests.jobs.service_fixtures import kill_group, service_settings, start_worker, wait_for
@@ -10,6 +11,8 @@ from tests.jobs.test_worker import _file, _get, _job, _messages, _train_steps
 from tuneforge.jobs import store
 from tuneforge.jobs.store import FineTunedModel, JobCheckpoint
 from tuneforge.jobs.worker import Worker
+
+pytestmark = pytest.mark.timeout(400)
 
 
 def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(

@@ -7,9 +7,12 @@ import json
 import threading
 
 import httpx
+import pytest
 
 from tests.conftest import capitals_records, write_jsonl
 from tests.jobs.service_fixtures import ALICE, client, live_server, service_settings, wait_for
+
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_upload_train_watch_and_chat_with_the_official_client(tmp_path, tiny_base, capitals_jsonl):
@@ -172,3 +175,33 @@ def test_upload_train_watch_and_chat_with_the_official_client(tmp_path, tiny_bas
         # deleting the model: gone from the list, 404 afterwards
         assert c.models.delete(done.fine_tuned_model).deleted
         assert done.fine_tuned_model not in [m.id for m in c.models.list()]
+
+
+def test_a_full_fine_tune_is_served_as_its_own_model(tmp_path, tiny_model_dir, capitals_jsonl):
+    """training_type "full" (a tuneforge extension, sent with extra_body): full weights, its own copy in memory."""
+    from tuneforge.jobs.worker import Worker
+
+    settings = service_settings(tmp_path / "data", tiny_model_dir)
+    with live_server(settings) as srv:
+        c = client(srv)
+        train = c.files.create(file=capitals_jsonl, purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(
+            model="tiny",
+            training_file=train.id,
+            hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 3},
+            extra_body={"training_type": "full"},
+        )
+        assert job.training_type == "full"
+        Worker(settings).run(max_jobs=1)
+        done = c.fine_tuning.jobs.retrieve(job.id)
+        assert done.status == "succeeded", done.error
+        assert done.hyperparameters.n_epochs == 3 and done.hyperparameters.learning_rate_multiplier == 3
+        run = settings.runs_dir / job.id
+        assert (run / "model" / "model.safetensors").is_file() and not (run / "adapter").exists()
+        ask = [{"role": "user", "content": "Capital of Japan?"}]
+        tuned = c.chat.completions.create(
+            model=done.fine_tuned_model, messages=ask, temperature=0, max_tokens=6
+        )
+        base = c.chat.completions.create(model="tiny", messages=ask, temperature=0, max_tokens=6)
+        assert tuned.choices[0].message.content != base.choices[0].message.content
+        assert set(srv.app.state.engine.loaded()) == {"base:tiny", f"full:{done.fine_tuned_model}"}

@@ -20,6 +20,8 @@ from tests.jobs.service_fixtures import (
     wait_for,
 )
 
+pytestmark = pytest.mark.timeout(400)
+
 
 class Served:
     """A `tuneforge serve` process on 127.0.0.1 (url/root like LiveServer's)."""
