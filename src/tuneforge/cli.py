@@ -355,11 +355,11 @@ EnvFileOpt = Annotated[
     Path | None, typer.Option(help="Read TUNEFORGE_* settings from this file (see examples/serve.env).")
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option(help="Files, runs and the SQLite database [env: TUNEFORGE_DATA_DIR].")
+    Path | None, typer.Option(help="Files, runs and the SQLite database (env TUNEFORGE_DATA_DIR).")
 ]
 DatabaseOpt = Annotated[
     str | None,
-    typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db [env: DATABASE_URL]."),
+    typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db (env DATABASE_URL)."),
 ]
 
 
@@ -371,7 +371,7 @@ def serve(
         int | None,
         typer.Option(
             help="Worker processes to start for fine-tuning jobs; 0 if you run `tuneforge worker` yourself "
-            "[env: TUNEFORGE_WORKERS, default 1]."
+            "(env TUNEFORGE_WORKERS, default 1)."
         ),
     ] = None,
     data_dir: DataDirOpt = None,
