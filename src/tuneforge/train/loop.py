@@ -72,6 +72,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[precision]
 
 
+def new_accelerator(precision: str, cpu: bool) -> Accelerator:
+    """An Accelerator for this run. accelerate keeps its state per process, so a second run in the same
+    process (the API, a worker, a sweep) with another precision would be refused; start from a clean state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
 class FineTune:
     """One run. `should_stop` is polled every step (cancel/pause from the service); `on_event` receives
     "message", "metrics" and "checkpoint" events."""
@@ -148,7 +157,7 @@ class FineTune:
         precision = resolve_precision(cfg.train.precision, device)
         if precision == "bf16" and self.spec.artifact == "adapter":
             frozen_to_bf16(model)
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+        self.accelerator = new_accelerator(precision, cpu=device.type == "cpu")
         self.optimizer = build_optimizer(model, cfg)
         t = cfg.train
         self.batches_per_epoch = math.ceil(len(self.train_seqs) / t.batch_size)
