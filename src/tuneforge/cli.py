@@ -321,7 +321,7 @@ def models() -> None:
     """Bundled model aliases and whether their weights are installed."""
     from rich.table import Table
 
-    from tuneforge.models.registry import BUNDLED
+    from tuneforge.models.registry import BUNDLED, BUNDLED_FOLDERS
 
     t = Table(
         title="Bundled models (also: any local folder, .gguf file, run folder, or Hugging Face id org/name)"
@@ -330,6 +330,8 @@ def models() -> None:
         t.add_column(col)
     for m in BUNDLED.values():
         t.add_row(m.alias, m.hf_id, "yes" if m.version() else f"no — {m.install}", m.description)
+    for f in BUNDLED_FOLDERS.values():
+        t.add_row(f.alias, f.hf_id, "yes" if f.locate() else f"no — {f.install}", f.description)
     _console().print(t)
 
 

