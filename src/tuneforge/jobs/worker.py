@@ -490,7 +490,7 @@ class _EventSink:
         sessions = self.worker.sessions
         if kind == "message":
             m = payload.get("message", "")
-            total = _total_steps(m)
+            total = payload.get("total_steps")
             with store.transaction(sessions) as db:
                 if total is not None:
                     self.total_steps = total
@@ -589,11 +589,3 @@ class _EventSink:
                 control = db.scalar(select(Job.control).where(Job.id == self.lease.job_id))
             self._stop = control in ("pause", "cancel")
         return self._stop
-
-
-def _total_steps(message: str) -> int | None:
-    """The loop announces "... N steps, precision ..." when training starts."""
-    import re
-
-    m = re.search(r"(\d+) steps, precision", message)
-    return int(m.group(1)) if m else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CHUNK = 1024
+CHUNK = 256
 
 
 class _FusedLinearCE(torch.autograd.Function):

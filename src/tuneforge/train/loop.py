@@ -83,7 +83,8 @@ def new_accelerator(precision: str, cpu: bool) -> Accelerator:
 
 class FineTune:
     """One run. `should_stop` is polled every step (cancel/pause from the service); `on_event` receives
-    "message", "metrics" and "checkpoint" events."""
+    "message", "metrics" and "checkpoint" events. The message announcing the start of training carries
+    `total_steps`."""
 
     def __init__(
         self,
@@ -181,7 +182,7 @@ class FineTune:
             f"sequences, {self.total_steps} steps, precision {self.accelerator.mixed_precision}"
         )
         console.print(msg)
-        self.on_event("message", {"message": msg})
+        self.on_event("message", {"message": msg, "total_steps": self.total_steps})
 
     # ------------------------------------------------------------------------------------------ memory
     def estimate(self, timing: bool = False) -> Estimate:
@@ -317,8 +318,17 @@ class FineTune:
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
             epoch, pos = divmod(k, self.batches_per_epoch)
             order = self._epoch_order(epoch, lengths)
-            out.extend(split_by_tokens(order[pos], lengths, t.micro_batch_tokens))
+            out.extend(split_by_tokens(order[pos], lengths, self.micro_budget))
         return out
+
+    @property
+    def micro_budget(self) -> int | None:
+        """Tokens per micro-batch; `auto` is 512 on CPU, where it lowers peak memory by ~2x on 512-token batches
+        of 4 and runs faster too (matmuls that stay in cache), and whole batches on GPU."""
+        mbt = self.cfg.train.micro_batch_tokens
+        if mbt == "auto":
+            return 512 if self.lm.device.type == "cpu" else None
+        return mbt
 
     def _epoch_order(self, epoch: int, lengths: list[int]) -> list[list[int]]:
         cache = getattr(self, "_order_cache", None)
@@ -539,6 +549,12 @@ def frozen_to_bf16(model: torch.nn.Module) -> int:
         if not p.requires_grad and p.ndim == 2 and p is not emb and p.dtype == torch.float32:
             p.data = p.data.to(torch.bfloat16)
             n += p.numel()
+    # The weights were memory-mapped from one safetensors file; the fp32 pages read for the conversion stay
+    # resident while any tensor still points into that mapping. Copying the few that do (embeddings, norms)
+    # releases it: about 0.3 GB less for SmolLM2 during the whole run.
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dtype != torch.bfloat16 and not t.requires_grad:
+            t.data = t.data.clone()
     return n
 
 
