@@ -28,6 +28,10 @@ from torch import nn
 
 from tuneforge.train.fused_ce import CHUNK
 
+# Peak of one forward + backward above the memory in use before it, as a multiple of the saved activations
+# (VmHWM measured on SmolLM2 at 128-1024 tokens per micro-batch: 1.8-1.9; see bench/README.md).
+BACKWARD_WORKING_SET = 0.85
+
 
 @dataclass
 class Estimate:
@@ -207,7 +211,13 @@ def estimate(
     if gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed at a time.
         activations = act.const + tokens * hidden * 4 * layers + act.bytes_for(rows, length) / max(layers, 1)
-    per_layer = (activations - act.const) / max(layers, 1)
+    # While backward runs, the gradients of the activations (fp32, as large as what each op saved) and the
+    # allocator's freed-but-held blocks sit next to what is still saved: measured on SmolLM2 with VmHWM, one
+    # step's peak is 1.8-1.9x its saved activations at 128-1024 tokens (bench/README.md).
+    # With checkpointing only one layer's activations exist at a time during backward.
+    working = BACKWARD_WORKING_SET * (act.bytes_for(rows, length) - act.const)
+    if gradient_checkpointing:
+        working /= max(layers, 1)
     ce_chunk = (
         min(CHUNK, max_target_tokens) * vocab * 8
     )  # fp32 logits chunk + low-precision copies, transient
@@ -215,9 +225,13 @@ def estimate(
         "in use now": now,
         "gradients + optimizer state": trainable * state_per_param,
         "activations (largest micro-batch)": int(activations),
-        "backward buffers (one layer)": int(per_layer),
+        "backward working set": int(working),
         "LM head chunk": int(ce_chunk),
     }
+    if device.type == "cpu":
+        # glibc keeps freed blocks of differently sized micro-batches: over a run on SmolLM2 the resident set
+        # grew by about one micro-batch of saved activations above the first step's (bench/README.md).
+        parts["allocator slack"] = int(activations - act.const)
     # Loading the weights can peak above training (a file read next to its tensors); the run will see it too.
     peak = max(int(sum(parts.values())), peak_so_far)
     est = Estimate(peak, parts, memory_available(device), device.type, largest_micro_batch_tokens=tokens)
@@ -237,21 +251,22 @@ def suggestions(
     checkpointing: bool,
 ) -> list[str]:
     """Concrete changes with the peak each would give."""
-    base = (
-        est.peak_bytes
-        - est.parts["activations (largest micro-batch)"]
-        - est.parts["backward buffers (one layer)"]
-    )
+    scaled = ("activations (largest micro-batch)", "backward working set", "allocator slack")
+    base = est.peak_bytes - sum(est.parts.get(k, 0) for k in scaled)
+    # activations, their backward working set and (on CPU) the allocator's slack all scale with the micro-batch
+    per_act = 1 + BACKWARD_WORKING_SET + ("allocator slack" in est.parts)
     out = []
     if rows > 1:
         half = max(1, rows // 2)
         a = act.bytes_for(half, length)
-        out.append(
-            f"train.micro_batch_tokens={half * length} (same updates, ~{gib(base + a * (1 + 1 / layers))})"
-        )
-        out.append(f"train.batch_size={half} (~{gib(base + a * (1 + 1 / layers))})")
+        out.append(f"train.micro_batch_tokens={half * length} (same updates, ~{gib(base + a * per_act)})")
+        out.append(f"train.batch_size={half} (~{gib(base + a * per_act)})")
     if not checkpointing:
-        a = act.const + rows * length * hidden * 4 * layers + act.bytes_for(rows, length) / layers
+        a = (
+            act.const
+            + rows * length * hidden * 4 * layers
+            + act.bytes_for(rows, length) * BACKWARD_WORKING_SET / layers
+        )
         out.append(f"train.gradient_checkpointing=true (~{gib(base + a)}, about 30% slower)")
     if trainable > 0.2 * (est.parts["in use now"] / 4):
         out.append("method lora (trains <5% of the weights: far less optimizer state)")
