@@ -402,6 +402,54 @@ def worker(
     run_worker(load_settings(env_file, data_dir=data_dir, database_url=database_url))
 
 
+# ------------------------------------------------------------------------------------ experiments (issue 6)
+@app.command()
+def decide(
+    run: Annotated[Path, typer.Argument(help="A tuned run folder (its test split is the held-out set).")],
+    docs: Annotated[
+        Path | None,
+        typer.Option(help="Retrieve from this folder of .txt/.md documents (default: the training split)."),
+    ] = None,
+    few_shot: Annotated[int, typer.Option("--few-shot", help="Solved training examples for few-shot.")] = 3,
+    k: Annotated[int, typer.Option("--k", help="Passages retrieved per question for RAG.")] = 3,
+    max_examples: Annotated[int | None, typer.Option(help="Use at most N test questions.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 64,
+    metric: Annotated[
+        str | None, typer.Option(help="Quality metric to decide on (default: the task's headline metric).")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Points of quality within which options count as equally good.")
+    ] = 2.0,
+    leakage: Annotated[
+        bool,
+        typer.Option("--leakage/--no-leakage", help="Also check training-data leakage of the tuned model."),
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: RUN/decide).")] = None,
+) -> None:
+    """Fine-tune vs prompting vs RAG on the same held-out questions: quality, latency, prompt tokens, cost."""
+    from tuneforge.experiments.decide import decide as run_decide
+    from tuneforge.experiments.decide import print_decision
+
+    out = out or run / "decide"
+    report = run_decide(
+        run,
+        docs=docs,
+        few_shot=few_shot,
+        k=k,
+        max_examples=max_examples,
+        max_new_tokens=max_new_tokens,
+        metric=metric,
+        tolerance=tolerance,
+        leakage=leakage,
+        out_dir=out,
+    )
+    print_decision(report, _console())
+    _console().print(f"Report: [bold]{out}/decide.md[/], decide.png, decide.json")
+
+
+# ------------------------------------------------------------------------------- end of experiments (issue 6)
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     import warnings

@@ -245,6 +245,23 @@ class EvalConfig(Section):
     )
 
 
+# ---------------------------------------------------------------------------------------------- tracking
+class TrackingConfig(Section):
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Also log the run to these: `tensorboard` (<run_dir>/tensorboard), `mlflow` (see mlflow_uri).",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else the local SQLite file "
+        "mlflow.db beside the run folder).",
+    )
+    experiment: str = Field("tuneforge", description="MLflow experiment name.")
+    run_name: str | None = Field(
+        None, description="Name of the run in MLflow (default: the run folder's name)."
+    )
+
+
 # --------------------------------------------------------------------------------------------------- run
 class RunConfig(Section):
     """One fine-tuning run."""
@@ -258,6 +275,7 @@ class RunConfig(Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -276,6 +294,7 @@ class RunConfig(Section):
         d = self.model_dump(mode="json")
         d.pop("run_dir")
         d.pop("eval")
+        d.pop("tracking", None)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,9 @@ class Variant:
     lm: LoadedModel
     adapters: bool = True  # False: answer with the PEFT adapter switched off (the base model)
     shots: list[Example] = field(default_factory=list)
+    # Per-question prompt rewrite (retrieval-augmented prompts put each question's own passages in): gets the
+    # example and its prompt (shots included), returns the prompt to send.
+    rewrite: Callable[[Example, list[Message]], list[Message]] | None = None
 
 
 def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
@@ -69,6 +72,8 @@ def run_variant(
 ) -> dict[str, Any]:
     shot_convs = [conversation(s, data_cfg, labels) for s in v.shots]
     convs = [with_shots(prompt_of(e, data_cfg, labels), shot_convs) for e in examples]
+    if v.rewrite is not None:
+        convs = [v.rewrite(e, c) for e, c in zip(examples, convs, strict=True)]
     params = SamplingParams(max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature, seed=0)
     t0 = time.time()
     with bar(f"Evaluating {v.title}", len(convs)) as progress:

@@ -32,6 +32,7 @@ from tuneforge.data.pack import pack
 from tuneforge.data.schema import Example
 from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set, tokenize_examples
 from tuneforge.errors import DataError, MemoryBudgetError
+from tuneforge.experiments.tracking import track_events
 from tuneforge.methods import registry
 from tuneforge.models import memory
 from tuneforge.models.load import LoadedModel, attention_for, cpu_has_fast_bf16, load_model, set_attention
@@ -332,6 +333,8 @@ class FineTune:
 
     def train(self) -> TrainResult:
         cfg, st = self.cfg, self.state
+        # TensorBoard / MLflow when `tracking.backends` asks for them (experiments/tracking.py).
+        self.on_event, self.tracker = track_events(cfg, self.run.root, self.on_event)
         start_time = time.time()
         stopped_by_request = False
         self.model.train()
@@ -522,9 +525,13 @@ class FineTune:
             "artifact": target.name,
         }
         self.run.done.write_text(json.dumps(info, indent=1))
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close(info)
         return target
 
     def cleanup(self) -> None:
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close(status="KILLED" if not self.run.done.is_file() else "FINISHED")
         self.accelerator.free_memory()
 
 
