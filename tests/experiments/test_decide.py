@@ -6,26 +6,9 @@ import json
 
 import pytest
 
-from tests.conftest import tiny_config
-from tuneforge import api
 from tuneforge.data.schema import Example, Message
 from tuneforge.experiments import decide as D
 from tuneforge.experiments import rag
-
-THREADS = "train.num_threads=1"
-
-
-@pytest.fixture(scope="module")
-def tuned_run(tiny_model_dir, tmp_path_factory):
-    from tests.conftest import capitals_records, write_jsonl
-
-    tmp = tmp_path_factory.mktemp("decide")
-    data = write_jsonl(tmp / "capitals.jsonl", capitals_records())
-    cfg = tiny_config(
-        tiny_model_dir, data, tmp / "run", "train.learning_rate=1e-2", "train.epochs=12", THREADS
-    )
-    api.finetune(cfg, evaluate=False, show=False)
-    return tmp / "run"
 
 
 def test_decide_compares_four_options_and_writes_the_report(tuned_run, tmp_path):

