@@ -38,7 +38,21 @@ def finetune(
     """Train a run; then (unless evaluate=False) compare base and tuned on the test split and write reports.
 
     Returns a summary: {"run_dir", "train": {...}, "report": {...} | None}.
+    A config with `stages` trains them in order (train/stages.py); the summary is the last stage's.
     """
+    if cfg.stages:
+        from tuneforge.train.stages import run_stages
+
+        return run_stages(
+            cfg,
+            resume=resume,
+            overwrite=overwrite,
+            evaluate=evaluate,
+            on_event=on_event,
+            should_stop=should_stop,
+            device=device,
+            show=show,
+        )
     result, ft = run_training(
         cfg, resume=resume, overwrite=overwrite, on_event=on_event, should_stop=should_stop, device=device
     )

@@ -205,4 +205,37 @@ def compare(
         before = results[0]["headline"]
         after = results[-1]["headline"]
         report["gain"] = {k: after[k] - before[k] for k in after if k in before}
+    tasks = per_task(test, results, eval_cfg)
+    if tasks:
+        report["tasks"] = tasks
+    if tuned is not None and eval_cfg.general:
+        report["forgetting"] = forgetting(base, tuned, data_cfg, eval_cfg, shared_weights)
     return report
+
+
+def per_task(test: Sequence[Example], results: list[dict[str, Any]], eval_cfg: EvalConfig) -> dict[str, Any]:
+    """Headline metrics per task of a multi-task run (examples carry meta["task"]); {} for one task."""
+    names = sorted({str(e.meta.get("task")) for e in test if e.meta.get("task")})
+    if len(names) < 2:
+        return {}
+    out: dict[str, Any] = {}
+    for name in names:
+        idx = [i for i, e in enumerate(test) if e.meta.get("task") == name]
+        refs = [test[i].answer() or "" for i in idx]
+        out[name] = {"n": len(idx)}
+        for r in results:
+            out[name][r["key"]] = M.headline(M.score(refs, [r["answers"][i] for i in idx], eval_cfg.metrics))
+    return out
+
+
+def forgetting(
+    base: LoadedModel, tuned: LoadedModel, data_cfg: DataConfig, eval_cfg: EvalConfig, shared_weights: bool
+) -> dict[str, Any] | None:
+    """Catastrophic forgetting: the loss on a general held-out set (eval.general), base vs tuned."""
+    from tuneforge.train.forgetting import general_examples, general_loss_report
+
+    general = general_examples(eval_cfg.general, "eval")
+    gcfg = DataConfig(train="general", max_length=max(data_cfg.max_length, 512), truncation="drop")
+    before = validation_loss(base, general, gcfg, not shared_weights, ())
+    after = validation_loss(tuned, general, gcfg, True, ())
+    return general_loss_report(before, after, len(general))
