@@ -71,6 +71,7 @@ def fixed_split_config(
     data["data"]["clean"].update(clean)
     data["data"]["format"] = "auto"
     data["data"]["columns"] = {}
+    data["data"].pop("mix", None)  # the files written hold every task's records already
     data.get("tracking", {}).pop("run_name", None)
     return build_config(data, f"{run_dir}")
 

@@ -17,6 +17,7 @@ per request that the training time is paid back after N requests (N is in the re
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,19 @@ def recommend(rows: list[dict[str, Any]], tolerance: float, metric: str) -> dict
         )
         return {"choice": ft["key"], "title": ft["title"], "reason": reason}
     pick = free[0]
-    reason = (
-        f"{pick['title']} reaches {pick['quality']:.1f} {metric}, within {tolerance:g} points of the best "
-        f"({best:.1f}), with no training"
-    )
+    top = max(rows, key=lambda r: r["quality"])
+    if pick is top:
+        reason = f"{pick['title']} reaches the best {metric}, {pick['quality']:.1f}"
+        if ft is not None:
+            reason += f" (fine-tuned: {ft['quality']:.1f})"
+    else:
+        reason = (
+            f"{pick['title']} reaches {pick['quality']:.1f} {metric}, within {tolerance:g} points of the best "
+            f"({top['title']}, {best:.1f})"
+        )
+    reason += f", with no training, at {pick['prompt_tokens']:.0f} prompt tokens and {pick['ms_per_request']:.0f} ms per request"
+    if ft is not None and ft is not pick:
+        reason += f" (fine-tuned: {ft['prompt_tokens']:.0f} and {ft['ms_per_request']:.0f} ms)"
     if ft is not None and ft in close and ft["ms_per_request"] < pick["ms_per_request"]:
         saved = (pick["ms_per_request"] - ft["ms_per_request"]) / 1000
         n = ft["one_off_seconds"] / max(saved, 1e-9)
@@ -277,7 +287,7 @@ def plot(report: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     opts = report["options"]
-    names = [o["title"].replace(", ", "\n", 1) for o in opts]
+    names = [textwrap.fill(o["title"].replace(",", ""), 14) for o in opts]
     colors = ["#8da0cb" if o["key"] not in TRAINING else "#fc8d62" for o in opts]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = [

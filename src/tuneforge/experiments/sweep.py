@@ -271,9 +271,18 @@ def plot_sweep(summary: dict[str, Any], keys: list[str], out: Path) -> Path:
             continue
         done = r["state"] == "complete"
         a.scatter(r["trial"], r["value"], marker="o" if done else "x", color="C0" if done else "C3")
-        b.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], color="C0" if done else "C3", alpha=0.7)
+        b.plot(
+            range(1, len(r["val_curve"]) + 1),
+            r["val_curve"],
+            color="C0" if done else "C3",
+            marker="o" if done else "x",
+            markersize=3 if done else 6,
+            alpha=0.7,
+        )
     best = summary["best"]
     a.scatter(best["trial"], best["value"], s=160, facecolors="none", edgecolors="C2", label="best")
+    a.xaxis.get_major_locator().set_params(integer=True)
+    b.xaxis.get_major_locator().set_params(integer=True)
     a.set_xlabel("trial")
     a.set_ylabel("best validation loss")
     a.set_title("objective per trial (x = pruned)")
