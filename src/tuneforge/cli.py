@@ -555,6 +555,28 @@ def augment(
     _console().print(f"Augmented training file: [bold]{report['files']['augmented_train']}[/]")
 
 
+@app.command()
+def leakage(
+    run: Annotated[Path, typer.Argument(help="A tuned run folder.")],
+    canary: Annotated[
+        list[str] | None,
+        typer.Option("--canary", "-c", help="A string you planted in the training data (repeatable)."),
+    ] = None,
+    max_examples: Annotated[int, typer.Option(help="Training and test examples probed, each.")] = 100,
+    out: Annotated[Path | None, typer.Option(help="Write leakage.json here.")] = None,
+) -> None:
+    """How much training data the tuned model reproduces verbatim from its prefixes (and planted canaries)."""
+    import json
+
+    from tuneforge.experiments.leakage import leakage_of_run, print_leakage
+
+    report = leakage_of_run(run, canary or [], max_examples)
+    print_leakage(report, _console())
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "leakage.json").write_text(json.dumps(report, indent=1))
+
+
 # ------------------------------------------------------------------------------- end of experiments (issue 6)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from tests.conftest import capitals_records, write_jsonl
@@ -54,3 +56,28 @@ def test_experiment_commands_fail_with_one_line(tmp_path, capsys, tiny_model_dir
     _assert_one_line_error(code, err, "{prompt}")
     code, _, err = run_cli(["select", cfg, "--model", str(tmp_path / "nothing-here")], capsys)
     _assert_one_line_error(code, err, "no candidate could be evaluated")
+
+
+def test_leakage_command_reports_train_vs_unseen_and_names_absent_canaries(tuned_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "leakage",
+            str(tuned_run),
+            "--canary",
+            "never-trained-xyz",
+            "--max-examples",
+            "8",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "tuned, training examples" in res.output and "Verdict" in res.output
+    report = json.loads((tmp_path / "leakage.json").read_text())
+    assert report["tuned_train"]["n"] == 8 and report["tuned_test"]["n"] > 0
+    assert report["canaries_not_in_training_data"] == ["never-trained-xyz"]

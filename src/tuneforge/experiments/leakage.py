@@ -142,6 +142,9 @@ def leakage_report(
         res["canaries"] = [
             {"where": r["where"], "extracted": r["verbatim"], "share": r["share"]} for r in found["rows"]
         ]
+        res["canaries_not_in_training_data"] = [
+            c for c in canaries if not any(c in (e.answer() or "") for e in train)
+        ]
     longest = sorted(
         (r for r in res["tuned_train"]["rows"] if r["verbatim"]), key=lambda r: -r["target_tokens"]
     )
@@ -167,4 +170,45 @@ def verdict(res: dict[str, Any]) -> str:
     return (
         f"reproduces {train:.0f}% of training answers verbatim, within {max(gap, 0):.0f} points of unseen ones: "
         "task learning, no sign of memorisation"
+    )
+
+
+def print_leakage(res: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"Training-data extraction ({res['prefix']})")
+    for c in ("asked", "examples", "reproduced verbatim (%)", "share of suffix (%)"):
+        t.add_column(c, justify="left" if c == "asked" else "right")
+    for key, title in (
+        ("tuned_train", "tuned, training examples"),
+        ("tuned_test", "tuned, unseen test examples"),
+        ("base_train", "base, training examples"),
+    ):
+        if key in res:
+            r = res[key]
+            t.add_row(title, str(r["n"]), f"{r['extracted']:.1f}", f"{r['share']:.1f}")
+    console.print(t)
+    for c in res.get("canaries", []):
+        console.print(
+            f"canary at {c['where']}: {'EXTRACTED' if c['extracted'] else 'not extracted'} ({100 * c['share']:.0f}%)"
+        )
+    for c in res.get("canaries_not_in_training_data", []):
+        console.print(f"[yellow]canary {c!r} is in no training answer[/] (only answers are probed)")
+    console.print(f"Verdict: {verdict(res)}.")
+
+
+def leakage_of_run(run: Any, canaries: Sequence[str] = (), max_examples: int = 100) -> dict[str, Any]:
+    """The leakage report of a tuned run folder, on its own saved splits."""
+    from pathlib import Path
+
+    from tuneforge.api import test_split_of
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.models.load import load_model
+
+    run = Path(run)
+    if not run.is_dir():
+        raise TuneforgeError(f"run folder {run} does not exist", "train first: `tuneforge train CONFIG`")
+    train, _val, test, cfg = test_split_of(run)
+    return leakage_report(
+        load_model(str(run)), train, test, cfg.data, canaries=canaries, max_examples=max_examples
     )
