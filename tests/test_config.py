@@ -17,7 +17,7 @@ def test_every_shipped_config_is_valid():
     assert configs, "examples/ should ship configs"
     for path in configs:
         cfg = load_config(path)
-        assert cfg.data.train
+        assert cfg.data.train or cfg.data.mix
 
 
 def test_overrides_and_roundtrip(tmp_path):

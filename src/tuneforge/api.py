@@ -20,7 +20,7 @@ from tuneforge.eval.compare import compare
 from tuneforge.eval.report import plot_loss, print_report, write_report
 from tuneforge.models.load import LoadedModel, attention_for, load_model, set_attention
 from tuneforge.progress import console
-from tuneforge.train.loop import EventFn, run_training
+from tuneforge.train.loop import EventFn, FineTune, run_training
 from tuneforge.train.rundir import RunDir
 
 
@@ -38,7 +38,21 @@ def finetune(
     """Train a run; then (unless evaluate=False) compare base and tuned on the test split and write reports.
 
     Returns a summary: {"run_dir", "train": {...}, "report": {...} | None}.
+    A config with `stages` trains them in order (train/stages.py); the summary is the last stage's.
     """
+    if cfg.stages:
+        from tuneforge.train.stages import run_stages
+
+        return run_stages(
+            cfg,
+            resume=resume,
+            overwrite=overwrite,
+            evaluate=evaluate,
+            on_event=on_event,
+            should_stop=should_stop,
+            device=device,
+            show=show,
+        )
     result, ft = run_training(
         cfg, resume=resume, overwrite=overwrite, on_event=on_event, should_stop=should_stop, device=device
     )
@@ -54,19 +68,8 @@ def finetune(
         summary["report"] = None
         return summary
 
-    model = ft.accelerator.unwrap_model(ft.model)
-    set_attention(model, attention_for(cfg.model.attn_implementation, ft.lm.device, training=False))
-    tuned = LoadedModel(
-        model=model,
-        tokenizer=ft.lm.tokenizer,
-        name=ft.lm.name,
-        source=ft.lm.source,
-        base_path=ft.lm.base_path,
-        template_origin=ft.lm.template_origin,
-        stop_token_ids=ft.lm.stop_token_ids,
-        run_dir=run.root,
-        method=cfg.method.name,
-    )
+    tuned = trained_model(ft)
+    model = tuned.model
     shared = getattr(model, "peft_config", None) is not None
     base = (
         tuned
@@ -101,6 +104,23 @@ def finetune(
     summary["report"] = report
     ft.cleanup()
     return summary
+
+
+def trained_model(ft: FineTune) -> LoadedModel:
+    """The model a finished run holds in memory, set up for generation (for evaluation right after training)."""
+    model = ft.accelerator.unwrap_model(ft.model)
+    set_attention(model, attention_for(ft.cfg.model.attn_implementation, ft.lm.device, training=False))
+    return LoadedModel(
+        model=model,
+        tokenizer=ft.lm.tokenizer,
+        name=ft.lm.name,
+        source=ft.lm.source,
+        base_path=ft.lm.base_path,
+        template_origin=ft.lm.template_origin,
+        stop_token_ids=ft.lm.stop_token_ids,
+        run_dir=ft.run.root,
+        method=ft.cfg.method.name,
+    )
 
 
 def test_split_of(run_dir: Path) -> tuple[list[Example], list[Example], list[Example], RunConfig]:

@@ -402,6 +402,184 @@ def worker(
     run_worker(load_settings(env_file, data_dir=data_dir, database_url=database_url))
 
 
+# ------------------------------------------------------------------------------------ experiments (issue 6)
+@app.command()
+def decide(
+    run: Annotated[Path, typer.Argument(help="A tuned run folder (its test split is the held-out set).")],
+    docs: Annotated[
+        Path | None,
+        typer.Option(help="Retrieve from this folder of .txt/.md documents (default: the training split)."),
+    ] = None,
+    few_shot: Annotated[int, typer.Option("--few-shot", help="Solved training examples for few-shot.")] = 3,
+    k: Annotated[int, typer.Option("--k", help="Passages retrieved per question for RAG.")] = 3,
+    max_examples: Annotated[int | None, typer.Option(help="Use at most N test questions.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 64,
+    metric: Annotated[
+        str | None, typer.Option(help="Quality metric to decide on (default: the task's headline metric).")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Points of quality within which options count as equally good.")
+    ] = 2.0,
+    leakage: Annotated[
+        bool,
+        typer.Option("--leakage/--no-leakage", help="Also check training-data leakage of the tuned model."),
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: RUN/decide).")] = None,
+) -> None:
+    """Fine-tune vs prompting vs RAG on the same held-out questions: quality, latency, prompt tokens, cost."""
+    from tuneforge.experiments.decide import decide as run_decide
+    from tuneforge.experiments.decide import print_decision
+
+    out = out or run / "decide"
+    report = run_decide(
+        run,
+        docs=docs,
+        few_shot=few_shot,
+        k=k,
+        max_examples=max_examples,
+        max_new_tokens=max_new_tokens,
+        metric=metric,
+        tolerance=tolerance,
+        leakage=leakage,
+        out_dir=out,
+    )
+    print_decision(report, _console())
+    _console().print(f"Report: [bold]{out}/decide.md[/], decide.png, decide.json")
+
+
+@app.command()
+def sweep(
+    spec: Annotated[
+        Path,
+        typer.Argument(
+            help="Sweep file (YAML): base config, sampler, search space. See examples/sweep.yaml."
+        ),
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override a sweep key: --set trials=4, --set sampler=random (repeatable)."
+        ),
+    ] = None,
+) -> None:
+    """Hyperparameter search (grid, random, Optuna TPE) with pruning of poor trials; writes the best config."""
+    from tuneforge.experiments.sweep import load_sweep, run_sweep
+
+    sweep_cfg, base = load_sweep(spec, set_ or [])
+    run_sweep(sweep_cfg, base)
+
+
+@app.command()
+def kfold(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 5,
+    out: Annotated[Path | None, typer.Option(help="Folder for the fold runs and kfold.json/.md.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """k-fold cross-validation of a config: every metric as mean ± standard deviation over the folds."""
+    from tuneforge import api
+    from tuneforge.experiments.kfold import kfold as run_kfold
+
+    run_kfold(api.load_config(config, set_ or []), k=k, out=out)
+
+
+@app.command("select")
+def select_(
+    config: Annotated[
+        Path, typer.Argument(help="Run config (YAML): the data, method and training to plan for.")
+    ],
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="Candidate: alias, local folder or org/name (repeatable; default: bundled)."
+        ),
+    ] = None,
+    few_shot: Annotated[int, typer.Option("--few-shot", help="Solved training examples for few-shot.")] = 3,
+    max_examples: Annotated[int, typer.Option(help="Validation examples each candidate answers.")] = 50,
+    metric: Annotated[
+        str | None, typer.Option(help="Rank by this metric (default: the task's headline).")
+    ] = None,
+    timing: Annotated[bool, typer.Option("--time/--no-time", help="Also time training steps.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Folder for select.json / select.md.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Rank base models on your validation split (zero- and few-shot) next to their training memory and time."""
+    from tuneforge import api
+    from tuneforge.experiments.select import select as run_select
+    from tuneforge.models.registry import BUNDLED
+
+    candidates = model or [m.alias for m in BUNDLED.values() if m.version()]
+    run_select(
+        api.load_config(config, set_ or []),
+        candidates,
+        few_shot=few_shot,
+        max_examples=max_examples,
+        metric=metric,
+        timing=timing,
+        out=out,
+    )
+
+
+@app.command()
+def augment(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML) whose training split is augmented.")],
+    paraphrases: Annotated[int, typer.Option(help="Rewrites of each prompt by the base model.")] = 1,
+    template: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--template", "-t", help="Prompt variation with {prompt} (repeatable; default: built-in set)."
+        ),
+    ] = None,
+    per_example: Annotated[int, typer.Option(help="Template variations per example (0: none).")] = 1,
+    measure: Annotated[
+        bool,
+        typer.Option("--measure/--no-measure", help="Train with and without; compare on the test split."),
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the augmented data, runs and augment.md.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Augment a small training set (paraphrases by the base model, templates) and measure the effect."""
+    from tuneforge import api
+    from tuneforge.experiments.augment import augment as run_augment
+
+    report = run_augment(
+        api.load_config(config, set_ or []),
+        n_paraphrases=paraphrases,
+        templates=template,
+        per_example_templates=per_example,
+        measure=measure,
+        out=out,
+    )
+    _console().print(f"Augmented training file: [bold]{report['files']['augmented_train']}[/]")
+
+
+@app.command()
+def leakage(
+    run: Annotated[Path, typer.Argument(help="A tuned run folder.")],
+    canary: Annotated[
+        list[str] | None,
+        typer.Option("--canary", "-c", help="A string you planted in the training data (repeatable)."),
+    ] = None,
+    max_examples: Annotated[int, typer.Option(help="Training and test examples probed, each.")] = 100,
+    out: Annotated[Path | None, typer.Option(help="Write leakage.json here.")] = None,
+) -> None:
+    """How much training data the tuned model reproduces verbatim from its prefixes (and planted canaries)."""
+    import json
+
+    from tuneforge.experiments.leakage import leakage_of_run, print_leakage
+
+    report = leakage_of_run(run, canary or [], max_examples)
+    print_leakage(report, _console())
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "leakage.json").write_text(json.dumps(report, indent=1))
+
+
+# ------------------------------------------------------------------------------- end of experiments (issue 6)
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     import warnings

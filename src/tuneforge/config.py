@@ -80,8 +80,25 @@ class SplitConfig(Section):
         return self
 
 
+class TaskConfig(Section):
+    """One task of a multi-task run (`data.mix`)."""
+
+    name: str = Field(..., min_length=1, description="Task name: reports show metrics per task under it.")
+    train: str = Field(..., description="The task's data file; validation and test are split off it.")
+    weight: float = Field(
+        1.0, gt=0, description="Share of the training stream (normalised over the tasks; up- or down-samples)."
+    )
+
+
 class DataConfig(Section):
-    train: str = Field(..., description="Training data file (JSONL, JSON, CSV, Parquet or XML).")
+    train: str | None = Field(
+        None, description="Training data file (JSONL, JSON, CSV, Parquet or XML); or use `mix`."
+    )
+    mix: list[TaskConfig] = Field(
+        default_factory=list,
+        description="Multi-task: several files mixed by weight into one run, e.g. [{name: qa, train: qa.jsonl, "
+        "weight: 0.7}, {name: tickets, train: t.jsonl, weight: 0.3}]; each split is kept per task.",
+    )
     validation: str | None = Field(None, description="Separate validation file; if unset, split off `train`.")
     test: str | None = Field(None, description="Separate test file; if unset, split off `train`.")
     format: Literal[
@@ -120,6 +137,17 @@ class DataConfig(Section):
         "assistant turn. Per-message `weight: 0` is honoured in every mode.",
     )
     min_examples: int = Field(10, ge=1, description="Fewest training examples accepted (OpenAI requires 10).")
+
+    @model_validator(mode="after")
+    def _train_or_mix(self) -> DataConfig:
+        if not self.train and not self.mix:
+            raise ValueError("`data.train` is required (or `data.mix`, a list of tasks)")
+        if self.train and self.mix:
+            raise ValueError("give either data.train or data.mix, not both (add the file as one more task)")
+        names = [t.name for t in self.mix]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.mix task names must differ: {names}")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -165,6 +193,56 @@ def _method_from_dict(value: Any) -> MethodConfig:
     value = {"name": DEFAULT_METHOD, **value}
     spec = registry.get(value["name"])
     return spec.config_cls(**value)
+
+
+# --------------------------------------------------------------------------------------------- objective
+class ObjectiveConfig(Section):
+    """What the loss rewards: supervised answers (sft) or preferences between two answers (dpo, orpo)."""
+
+    name: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="`sft`: cross-entropy on the answer tokens. `dpo` (Rafailov et al. 2023): prefer `chosen` "
+        "over `rejected` relative to the base model (= the same weights with adapters off; needs an adapter "
+        "method). `orpo` (Hong et al. 2024): SFT on `chosen` plus an odds-ratio penalty; no reference model.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="dpo: strength of the pull towards the reference (higher stays closer). orpo: weight "
+        "lambda of the odds-ratio term.",
+    )
+
+
+# ------------------------------------------------------------------------------------------- forgetting
+class ForgettingConfig(Section):
+    """Mitigations of catastrophic forgetting (forgetting itself is measured by `eval.general`)."""
+
+    replay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of the training stream drawn from general data (`data`): 0.2 mixes one general "
+        "example in for every four task examples.",
+    )
+    distill: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a KL term pulling the model's next-token distribution on the answer tokens "
+        "towards the base model's (the same weights with adapters off; needs an adapter method).",
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the distillation term.")
+    ewc: float = Field(
+        0.0,
+        ge=0,
+        description="EWC strength lambda: penalty lambda * sum(F * drift^2), with F the diagonal Fisher of the "
+        "base model on `data` (normalised to mean 1). For adapters the drift is the weight delta they add.",
+    )
+    fisher_examples: int = Field(64, ge=1, description="General examples used to estimate the EWC Fisher.")
+    data: str = Field(
+        "bundled",
+        description="General data for replay and EWC: a file, or `bundled` (300 alpaca records, disjoint from "
+        "the general evaluation set).",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -243,6 +321,28 @@ class EvalConfig(Section):
         default_factory=lambda: ["auto"],
         description="Task metrics: exact_match, accuracy, f1, bleu, rouge_l, chrf, json; `auto` picks by answers.",
     )
+    general: str | None = Field(
+        "bundled",
+        description="General held-out set on which base and tuned loss are compared to measure forgetting: a "
+        "chat file, `bundled` (120 alpaca records), or null to skip.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+class TrackingConfig(Section):
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Also log the run to these: `tensorboard` (<run_dir>/tensorboard), `mlflow` (see mlflow_uri).",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else the local SQLite file "
+        "mlflow.db beside the run folder).",
+    )
+    experiment: str = Field("tuneforge", description="MLflow experiment name.")
+    run_name: str | None = Field(
+        None, description="Name of the run in MLflow (default: the run folder's name)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -258,17 +358,35 @@ class RunConfig(Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    stages: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Sequential fine-tuning: stages run in order, each a partial config (name, data, method, "
+        "train, objective, forgetting, eval) over this one, each starting from the previous stage's result.",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, v: Any) -> MethodConfig:
         return _method_from_dict(v)
 
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         from tuneforge.methods import registry
 
         registry.get(self.method.name).check(self)
+        from tuneforge.train.objectives import check_objective
+        from tuneforge.train.stages import check_stages
+
+        check_objective(self)
+        check_stages(self)
         return self
 
     def fingerprint(self) -> str:
@@ -276,6 +394,7 @@ class RunConfig(Section):
         d = self.model_dump(mode="json")
         d.pop("run_dir")
         d.pop("eval")
+        d.pop("tracking", None)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -301,7 +420,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             nxt = node.get(p)
             if nxt is None:
                 nxt = node[p] = {}
-            if isinstance(nxt, str) and p == "method":  # `method: lora` shorthand
+            if isinstance(nxt, str) and p in ("method", "objective"):  # `method: lora` shorthand
                 nxt = node[p] = {"name": nxt}
             if not isinstance(nxt, dict):
                 raise ConfigError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class _FileResult:
 def prepare_data(
     cfg: DataConfig, seed: int, count_tokens: Callable[[Example], int] | None = None
 ) -> PreparedData:
+    if cfg.mix:
+        return _prepare_mix(cfg, seed, count_tokens)
     train = _prepare_file(cfg.train, cfg, count_tokens)
     held: dict[str, _FileResult] = {}
     for name in ("validation", "test"):
@@ -86,6 +89,50 @@ def prepare_data(
         raise _too_few(cfg, train, parts, stats)
     return PreparedData(
         parts["train"], parts["validation"], parts["test"], train.format, rejects, problems, stats
+    )
+
+
+def _prepare_mix(cfg: DataConfig, seed: int, count_tokens: Callable[[Example], int] | None) -> PreparedData:
+    """Multi-task: each task's file is prepared and split on its own, every example is tagged with its task
+    (meta["task"], so reports score tasks separately), and the training split is re-sampled so that each
+    task's share of the stream is its normalised weight (tasks are repeated or cut; seeded)."""
+    parts = []
+    for task in cfg.mix:
+        one = prepare_data(cfg.model_copy(update={"mix": [], "train": task.train}), seed, count_tokens)
+        for ex in one.train + one.validation + one.test:
+            ex.meta = {**ex.meta, "task": task.name}
+        parts.append((task, one))
+    total_w = sum(t.weight for t, _ in parts)
+    n_total = sum(len(p.train) for _, p in parts)
+    train: list[Example] = []
+    rng = random.Random(seed)
+    for task, p in parts:
+        want = max(1, round(task.weight / total_w * n_total))
+        pool = list(p.train)
+        rng.shuffle(pool)
+        train += [pool[i % len(pool)] for i in range(want)]
+    rng.shuffle(train)
+    stats = {
+        "format": "mix",
+        "tasks": {
+            t.name: {
+                "weight": t.weight,
+                "train_file": len(p.train),
+                "train_sampled": sum(1 for e in train if e.meta.get("task") == t.name),
+                **p.stats,
+            }
+            for t, p in parts
+        },
+        "split": {"train": len(train)},
+    }
+    return PreparedData(
+        train,
+        [e for _, p in parts for e in p.validation],
+        [e for _, p in parts for e in p.test],
+        "+".join(sorted({p.format for _, p in parts})),
+        [r for _, p in parts for r in p.rejects],
+        [q for _, p in parts for q in p.problems],
+        stats,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,9 @@ class Variant:
     lm: LoadedModel
     adapters: bool = True  # False: answer with the PEFT adapter switched off (the base model)
     shots: list[Example] = field(default_factory=list)
+    # Per-question prompt rewrite (retrieval-augmented prompts put each question's own passages in): gets the
+    # example and its prompt (shots included), returns the prompt to send.
+    rewrite: Callable[[Example, list[Message]], list[Message]] | None = None
 
 
 def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
@@ -69,6 +72,8 @@ def run_variant(
 ) -> dict[str, Any]:
     shot_convs = [conversation(s, data_cfg, labels) for s in v.shots]
     convs = [with_shots(prompt_of(e, data_cfg, labels), shot_convs) for e in examples]
+    if v.rewrite is not None:
+        convs = [v.rewrite(e, c) for e, c in zip(examples, convs, strict=True)]
     params = SamplingParams(max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature, seed=0)
     t0 = time.time()
     with bar(f"Evaluating {v.title}", len(convs)) as progress:
@@ -200,4 +205,37 @@ def compare(
         before = results[0]["headline"]
         after = results[-1]["headline"]
         report["gain"] = {k: after[k] - before[k] for k in after if k in before}
+    tasks = per_task(test, results, eval_cfg)
+    if tasks:
+        report["tasks"] = tasks
+    if tuned is not None and eval_cfg.general:
+        report["forgetting"] = forgetting(base, tuned, data_cfg, eval_cfg, shared_weights)
     return report
+
+
+def per_task(test: Sequence[Example], results: list[dict[str, Any]], eval_cfg: EvalConfig) -> dict[str, Any]:
+    """Headline metrics per task of a multi-task run (examples carry meta["task"]); {} for one task."""
+    names = sorted({str(e.meta.get("task")) for e in test if e.meta.get("task")})
+    if len(names) < 2:
+        return {}
+    out: dict[str, Any] = {}
+    for name in names:
+        idx = [i for i, e in enumerate(test) if e.meta.get("task") == name]
+        refs = [test[i].answer() or "" for i in idx]
+        out[name] = {"n": len(idx)}
+        for r in results:
+            out[name][r["key"]] = M.headline(M.score(refs, [r["answers"][i] for i in idx], eval_cfg.metrics))
+    return out
+
+
+def forgetting(
+    base: LoadedModel, tuned: LoadedModel, data_cfg: DataConfig, eval_cfg: EvalConfig, shared_weights: bool
+) -> dict[str, Any] | None:
+    """Catastrophic forgetting: the loss on a general held-out set (eval.general), base vs tuned."""
+    from tuneforge.train.forgetting import general_examples, general_loss_report
+
+    general = general_examples(eval_cfg.general, "eval")
+    gcfg = DataConfig(train="general", max_length=max(data_cfg.max_length, 512), truncation="drop")
+    before = validation_loss(base, general, gcfg, not shared_weights, ())
+    after = validation_loss(tuned, general, gcfg, True, ())
+    return general_loss_report(before, after, len(general))

@@ -70,6 +70,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             _fmt2(val["tuned"]["loss"]),
             f"{val['tuned']['loss'] - val['base']['loss']:+.3f}",
         )
+    fg = report.get("forgetting")
+    if fg:  # forgetting, next to the task gain: loss on general held-out data, base vs tuned
+        table.add_row(
+            f"general loss ({fg['n_general']} held-out, forgetting)",
+            _fmt2(fg["base_loss"]),
+            *[""] * (len(variants) - 2),
+            _fmt2(fg["tuned_loss"]),
+            Text(f"{fg['delta_loss']:+.3f}", style="red" if fg["delta_loss"] > 0.01 else "green"),
+        )
     table.add_row(
         "ms per answer",
         *[f"{v['ms_per_example']:.0f}" for v in variants],
@@ -81,6 +90,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         *([""] if "gain" in report else []),
     )
     console.print(table)
+    for task, rows in (report.get("tasks") or {}).items():
+        head = ", ".join(f"{v['title']} {_fmt(rows[v['key']].get('exact match (strict)'))}" for v in variants)
+        console.print(f"  task [bold]{task}[/] ({rows['n']} test examples), exact match: {head}")
 
     if report.get("samples"):
         st = Table(title="Sample answers", show_lines=True)
@@ -139,6 +151,23 @@ def render_html(report: dict[str, Any], loss_png: Path | None = None) -> str:
             if v
         ]
         val_html = "<h2>Validation loss (answer tokens)</h2><ul>" + "".join(parts) + "</ul>"
+    fg = report.get("forgetting")
+    if fg:
+        val_html += (
+            f"<h2>Forgetting (general held-out set, {fg['n_general']} examples)</h2><ul>"
+            f"<li>base: loss {fg['base_loss']:.3f}, perplexity {fg['base_perplexity']:.2f}</li>"
+            f"<li>tuned: loss {fg['tuned_loss']:.3f}, perplexity {fg['tuned_perplexity']:.2f}</li>"
+            f"<li>change: loss {fg['delta_loss']:+.3f}, perplexity {fg['perplexity_change_pct']:+.1f}%</li></ul>"
+        )
+    tasks = report.get("tasks") or {}
+    if tasks:
+        trs = "".join(
+            f"<tr><td>{e(t)} ({r['n']})</td>"
+            + "".join(f"<td>{_fmt(r[v['key']].get('exact match (strict)'))}</td>" for v in variants)
+            + "</tr>"
+            for t, r in tasks.items()
+        )
+        val_html += f"<h2>Per task: exact match (strict)</h2><table><tr><th>task</th>{head}</tr>{trs}</table>"
     sample_rows = []
     for s in report.get("samples", []):
         answers = "".join(f"<td><pre>{e(s['answers'][v['key']] or '')}</pre></td>" for v in variants)

@@ -27,18 +27,19 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from tuneforge.config import RunConfig
-from tuneforge.data.collate import collate, epoch_batches, split_by_tokens
+from tuneforge.data.collate import epoch_batches, split_by_tokens
 from tuneforge.data.pack import pack
 from tuneforge.data.schema import Example
-from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set, tokenize_examples
+from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set
 from tuneforge.errors import DataError, MemoryBudgetError
+from tuneforge.experiments.tracking import track_events
 from tuneforge.methods import registry
 from tuneforge.models import memory
 from tuneforge.models.load import LoadedModel, attention_for, cpu_has_fast_bf16, load_model, set_attention
 from tuneforge.models.memory import Estimate
 from tuneforge.progress import Steps, bar, console
 from tuneforge.train import checkpoint as ckpt
-from tuneforge.train.objectives import weighted_lm_loss
+from tuneforge.train.objectives import build_objective, weighted_lm_loss
 from tuneforge.train.rundir import RunDir
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -125,10 +126,15 @@ class FineTune:
         tok = self.lm.tokenizer
         self.splits, self.data_report = prepare_splits(cfg, tok, self.run)
         self.labels = label_set(self.splits["train"])
-        self.train_seqs, rep = tokenize_examples(self.splits["train"], tok, cfg.data, self.labels, "train")
-        self.val_seqs, vrep = tokenize_examples(
+        # The objective (SFT, DPO, ORPO, SFT + distillation) says how examples become training items.
+        self.objective = build_objective(cfg)
+        self.train_seqs, rep = self.objective.tokenize(
+            self.splits["train"], tok, cfg.data, self.labels, "train"
+        )
+        self.val_seqs, vrep = self.objective.tokenize(
             self.splits["validation"], tok, cfg.data, self.labels, "validation"
         )
+        self._add_replay(tok)
         self.data_report["tokenize"] = {"train": rep.summary(), "validation": vrep.summary()}
         _append_rejects(self.run.data / "rejects.jsonl", rep.rejects + vrep.rejects)
         _report_tokenization(rep, vrep, cfg)
@@ -150,6 +156,11 @@ class FineTune:
             self.lm.model, attention_for(cfg.model.attn_implementation, self.lm.device, training=True)
         )
         model = self.spec.prepare(self.lm.model, cfg.method)
+        self.ewc = None
+        if cfg.forgetting.ewc > 0:  # the Fisher of the base model, before any step (and before a resume)
+            from tuneforge.train.forgetting import build_ewc
+
+            self.ewc = build_ewc(cfg, model, tok, self.lm.device)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
@@ -183,6 +194,21 @@ class FineTune:
         )
         console.print(msg)
         self.on_event("message", {"message": msg, "total_steps": self.total_steps})
+
+    def _add_replay(self, tok: Any) -> None:
+        """forgetting.replay: general examples mixed into the training stream (seeded, so resume sees the same)."""
+        from tuneforge.train.forgetting import replay_examples
+
+        general = replay_examples(self.cfg, len(self.train_seqs))
+        if not general:
+            return
+        dcfg = self.cfg.data.model_copy(update={"truncation": "drop"})
+        seqs, _ = self.objective.tokenize(general, tok, dcfg, (), "replay")
+        self.train_seqs += seqs
+        self.data_report["replay"] = {"general_sequences": len(seqs), "fraction": self.cfg.forgetting.replay}
+        console.print(
+            f"Replay: {len(seqs)} general sequences mixed in ({self.cfg.forgetting.replay:.0%} of the stream)"
+        )
 
     # ------------------------------------------------------------------------------------------ memory
     def estimate(self, timing: bool = False) -> Estimate:
@@ -342,6 +368,8 @@ class FineTune:
 
     def train(self) -> TrainResult:
         cfg, st = self.cfg, self.state
+        # TensorBoard / MLflow when `tracking.backends` asks for them (experiments/tracking.py).
+        self.on_event, self.tracker = track_events(cfg, self.run.root, self.on_event)
         start_time = time.time()
         stopped_by_request = False
         self.model.train()
@@ -398,19 +426,25 @@ class FineTune:
         """One optimizer step on the micro-batches of `step`: forward, backward, clip, update, schedule."""
         t0 = time.time()
         pad = self.lm.tokenizer.pad_token_id
-        batches = [collate([self.train_seqs[i] for i in mb], pad) for mb in self.micro_batches(step)]
-        # Normalise by the target tokens of the whole optimizer step, so accumulation equals one big batch.
-        norm = sum(float(b["weights"][:, 1:].sum()) for b in batches)
+        obj = self.objective
+        batches = [obj.collate([self.train_seqs[i] for i in mb], pad) for mb in self.micro_batches(step)]
+        # Normalise by the units (target tokens; pairs) of the whole optimizer step: accumulation = one big batch.
+        norm = sum(obj.norm(b) for b in batches)
         loss_sum = correct = 0.0
+        stats: dict[str, float] = {}
         real_tokens = 0
         for b in batches:
             b = {k: v.to(self.accelerator.device) for k, v in b.items()}
             with self.accelerator.autocast():
-                parts = weighted_lm_loss(self.model, b)
+                parts = obj.loss(self.model, b)
             self.accelerator.backward(parts.loss_sum / norm)
             loss_sum += float(parts.loss_sum.detach())
             correct += parts.correct
+            for k, v in parts.stats.items():
+                stats[k] = stats.get(k, 0.0) + v / max(norm, 1e-9)
             real_tokens += int(b["attention_mask"].sum())
+        if self.ewc is not None:  # EWC's penalty gradient, added layer by layer
+            stats["ewc_penalty"] = self.ewc.backward(self.accelerator.backward)
         grad_norm = None
         if self.cfg.train.max_grad_norm:
             grad_norm = float(
@@ -423,7 +457,8 @@ class FineTune:
         dt = time.time() - t0
         row = {
             "loss": loss_sum / max(norm, 1e-9),
-            "token_accuracy": correct / max(norm, 1e-9),
+            obj.accuracy: correct / max(norm, 1e-9),
+            **stats,
             "lr": lr,
             "tokens_per_s": real_tokens / max(dt, 1e-9),
             "tokens": real_tokens,
@@ -449,23 +484,26 @@ class FineTune:
         pad = self.lm.tokenizer.pad_token_id
         order = sorted(range(len(self.val_seqs)), key=lambda i: len(self.val_seqs[i]))
         bs = self.cfg.train.batch_size * 2
+        obj = self.objective
         loss = weight = correct = 0.0
+        stats: dict[str, float] = {}
         for i in range(0, len(order), bs):
-            b = collate([self.val_seqs[j] for j in order[i : i + bs]], pad)
+            b = obj.collate([self.val_seqs[j] for j in order[i : i + bs]], pad)
             b = {k: v.to(self.accelerator.device) for k, v in b.items()}
             with self.accelerator.autocast():
-                parts = weighted_lm_loss(self.model, b)
+                parts = obj.validation(self.model, b)
             loss += float(parts.loss_sum)
-            weight += parts.weight_sum
+            weight += parts.norm
             correct += parts.correct
+            for k, v in parts.stats.items():
+                stats[k] = stats.get(k, 0.0) + v
         if was_training:
             self.model.train()
         vl = loss / max(weight, 1e-9)
-        return {
-            "val_loss": vl,
-            "val_ppl": math.exp(min(vl, 50)),
-            "val_token_accuracy": correct / max(weight, 1e-9),
-        }
+        out = {"val_loss": vl, f"val_{obj.accuracy}": correct / max(weight, 1e-9)}
+        if not obj.pairs:  # a perplexity of a preference loss means nothing
+            out["val_ppl"] = math.exp(min(vl, 50))
+        return out | {f"val_{k}": v / max(weight, 1e-9) for k, v in stats.items()}
 
     def validate_and_track(self) -> bool:
         """Validate, keep the best weights, and say whether early stopping should end the run."""
@@ -532,9 +570,13 @@ class FineTune:
             "artifact": target.name,
         }
         self.run.done.write_text(json.dumps(info, indent=1))
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close(info)
         return target
 
     def cleanup(self) -> None:
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close(status="KILLED" if not self.run.done.is_file() else "FINISHED")
         self.accelerator.free_memory()
 
 
@@ -567,6 +609,13 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg.data, key)
         if value and Path(value).exists():
             setattr(cfg.data, key, str(Path(value).resolve()))
+    for task in cfg.data.mix:
+        if Path(task.train).exists():
+            task.train = str(Path(task.train).resolve())
+    for section, key in ((cfg.forgetting, "data"), (cfg.eval, "general")):
+        value = getattr(section, key)
+        if value and value != "bundled" and Path(value).exists():
+            setattr(section, key, str(Path(value).resolve()))
     return cfg
 
 

@@ -1,0 +1,272 @@
+"""Data augmentation for small datasets, with its effect measured on held-out data rather than assumed.
+
+Two sources of new training examples, each keeping the original answer:
+- paraphrases: the base model itself rewrites each training prompt (sampled, `temperature`); a rewrite is kept
+  only if it is non-empty, differs from the original and from the other rewrites, and is 0.5-2x as long;
+- templates: the prompt is put into variations such as "Hello, {prompt}" or "{prompt} Thank you." (yours with
+  --template; `{prompt}` is the original text).
+
+Only the training split is augmented: validation and test are the original held-out records, so the measurement
+compares like with like. `measure` trains the config twice — on the original training split and on the
+augmented one, both de-duplicated exactly (near-duplicate removal would undo the templates) — and scores both
+tuned models on the same test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import RunConfig
+from tuneforge.data.schema import Example, Message
+from tuneforge.errors import DataError
+from tuneforge.eval.metrics import norm
+from tuneforge.experiments.common import fixed_split_config, prepare, write_records
+
+DEFAULT_TEMPLATES = [
+    "Hello, {prompt}",
+    "{prompt} Thank you.",
+    "Quick question: {prompt}",
+    "{prompt}\n\nPlease help.",
+]
+PARAPHRASE_ASK = (
+    "Rewrite the following message in different words. Keep every fact, name and number, and its meaning. "
+    "Reply with the rewritten message only.\n\nMessage:\n{prompt}"
+)
+
+
+def prompt_text_of(ex: Example) -> str | None:
+    if ex.kind == "classification":
+        return ex.text
+    users = [m for m in ex.prompt_messages() if m.role == "user"]
+    return users[-1].content if users else None
+
+
+def with_prompt(ex: Example, text: str, how: str) -> Example:
+    new = copy.deepcopy(ex)
+    if new.kind == "classification":
+        new.text = text
+    else:
+        prompt = new.prompt_messages()
+        last_user = max(i for i, m in enumerate(prompt) if m.role == "user")
+        new.messages[last_user] = Message("user", text)
+    new.meta = {**ex.meta, "augmented": how, "from": ex.source.where() if ex.source else None}
+    new.source = None
+    return new
+
+
+def keep_paraphrase(original: str, candidate: str, seen: set[str]) -> str | None:
+    """The reason a generated rewrite is dropped, or None when it is kept."""
+    c = norm(candidate).lower()
+    if not c:
+        return "empty"
+    if c == norm(original).lower():
+        return "same as the original"
+    if c in seen:
+        return "duplicate rewrite"
+    ratio = len(candidate) / max(len(original), 1)
+    if not 0.5 <= ratio <= 2.0:
+        return f"length {ratio:.1f}x the original"
+    return None
+
+
+GenerateFn = Callable[[list[list[Message]], int], list[str]]
+
+
+def model_generate_fn(lm: Any, temperature: float = 0.8, max_new_tokens: int = 160) -> GenerateFn:
+    from tuneforge.eval.generate import SamplingParams, generate_chats
+
+    def gen(convs: list[list[Message]], seed: int) -> list[str]:
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return [g.text for g in generate_chats(lm, convs, params, batch_size=16)]
+
+    return gen
+
+
+def paraphrases(
+    examples: Sequence[Example], generate: GenerateFn, n: int = 1, seed: int = 0
+) -> tuple[list[Example], dict[str, int]]:
+    """Up to n kept rewrites per example, and the count of each reason a rewrite was dropped."""
+    todo = [(e, prompt_text_of(e)) for e in examples]
+    todo = [(e, t) for e, t in todo if t]
+    asks = [[Message("user", PARAPHRASE_ASK.format(prompt=t))] for _, t in todo]
+    seen: list[set[str]] = [{norm(t).lower()} for _, t in todo]
+    out: list[Example] = []
+    dropped: dict[str, int] = {}
+    for round_ in range(n):
+        for (ex, text), got, s in zip(todo, generate(asks, seed + round_), seen, strict=True):
+            got = got.strip().strip('"').strip()
+            why = keep_paraphrase(text, got, s)
+            if why:
+                key = why.split(" ")[0] if why.startswith("length") else why
+                dropped[key] = dropped.get(key, 0) + 1
+                continue
+            s.add(norm(got).lower())
+            out.append(with_prompt(ex, got, "paraphrase"))
+    return out, dropped
+
+
+def template_variants(
+    examples: Sequence[Example], templates: Sequence[str], per_example: int = 1, seed: int = 0
+) -> list[Example]:
+    for t in templates:
+        if "{prompt}" not in t:
+            raise DataError(f"template {t!r} has no {{prompt}}", "write it like 'Hello, {prompt}'")
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        text = prompt_text_of(ex)
+        if not text:
+            continue
+        for t in rng.sample(list(templates), min(per_example, len(templates))):
+            out.append(with_prompt(ex, t.replace("{prompt}", text), f"template: {t}"))
+    return out
+
+
+def augment(
+    cfg: RunConfig,
+    *,
+    n_paraphrases: int = 1,
+    templates: Sequence[str] | None = None,
+    per_example_templates: int = 1,
+    temperature: float = 0.8,
+    measure: bool = True,
+    out: str | Path | None = None,
+    show: bool = True,
+) -> dict[str, Any]:
+    from tuneforge.progress import console
+
+    out = Path(out or Path(cfg.run_dir).with_name(Path(cfg.run_dir).name + "-augment"))
+    prepared = prepare(cfg)
+    train, val, test = prepared.train, prepared.validation, prepared.test
+    if measure and not test:
+        raise DataError("measuring augmentation needs a test split", "set data.split.test > 0 or data.test")
+    new: list[Example] = []
+    dropped: dict[str, int] = {}
+    if n_paraphrases > 0:
+        from tuneforge.models.load import load_model
+
+        lm = load_model(cfg.model.name, chat_template=cfg.model.chat_template)
+        if show:
+            console.print(f"Paraphrasing {len(train)} training prompts x{n_paraphrases} with {lm.name}")
+        para, dropped = paraphrases(train, model_generate_fn(lm, temperature), n_paraphrases, cfg.seed)
+        new += para
+        del lm
+        gc.collect()
+    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
+    if templates and per_example_templates > 0:
+        new += template_variants(train, templates, per_example_templates, cfg.seed)
+    files = {
+        "train": write_records(train, out / "data" / "train.jsonl"),
+        "augmented_train": write_records(train + new, out / "data" / "train_augmented.jsonl"),
+        "validation": write_records(val, out / "data" / "validation.jsonl") if val else None,
+        "test": write_records(test, out / "data" / "test.jsonl") if test else None,
+    }
+    # What was added, with where it came from, for a person to read.
+    (out / "data" / "added.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"how": e.meta.get("augmented"), "from": e.meta.get("from"), "prompt": prompt_text_of(e)}
+            )
+            + "\n"
+            for e in new
+        )
+    )
+    report: dict[str, Any] = {
+        "train": len(train),
+        "added": {
+            "paraphrase": sum(e.meta.get("augmented") == "paraphrase" for e in new),
+            "template": sum(str(e.meta.get("augmented", "")).startswith("template") for e in new),
+        },
+        "paraphrases_dropped": dropped,
+        "files": {k: str(v) for k, v in files.items() if v},
+    }
+    if show:
+        console.print(
+            f"Added {len(new)} examples to {len(train)} ({report['added']}); dropped rewrites: {dropped or 'none'}"
+        )
+    if measure:
+        report["runs"] = {}
+        for name, tf in (("original", files["train"]), ("augmented", files["augmented_train"])):
+            report["runs"][name] = _train_and_score(
+                fixed_split_config(cfg, out / name, tf, files["validation"], files["test"], dedupe="exact"),
+                show,
+            )
+        a, b = report["runs"]["original"]["headline"], report["runs"]["augmented"]["headline"]
+        report["delta"] = {k: b[k] - a[k] for k in a if k in b}
+        (out / "augment.md").write_text(markdown(report))
+        if show:
+            print_augment(report, console)
+    (out / "augment.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _train_and_score(cfg: RunConfig, show: bool) -> dict[str, Any]:
+    from tuneforge.api import trained_model
+    from tuneforge.data.tokenize import label_set
+    from tuneforge.eval.compare import Variant, run_variant
+    from tuneforge.progress import console
+    from tuneforge.train.loop import run_training
+
+    if show:
+        console.print(f"[bold]training {cfg.run_dir}[/]")
+    result, ft = run_training(cfg, overwrite=True)
+    tuned = trained_model(ft)
+    test = ft.splits["test"][: cfg.eval.max_examples] if cfg.eval.max_examples else ft.splits["test"]
+    labels = label_set(ft.splits["train"] + test)
+    scored = run_variant(Variant("tuned", Path(cfg.run_dir).name, tuned), test, cfg.data, cfg.eval, labels)
+    row = {
+        "train_examples": len(ft.splits["train"]),
+        "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 1),
+        "best_val_loss": result.best_val_loss,
+        "headline": scored["headline"],
+    }
+    ft.cleanup()
+    import shutil
+
+    shutil.rmtree(Path(cfg.run_dir) / "checkpoints", ignore_errors=True)
+    return row
+
+
+def markdown(report: dict[str, Any]) -> str:
+    o, a = report["runs"]["original"], report["runs"]["augmented"]
+    lines = [
+        f"Augmentation: {report['train']} training examples + {sum(report['added'].values())} added "
+        f"({report['added']}); held-out test split unchanged.",
+        "",
+        "| metric | original | augmented | change |",
+        "| --- | ---: | ---: | ---: |",
+        f"| training examples | {o['train_examples']} | {a['train_examples']} | |",
+        f"| steps | {o['steps']} | {a['steps']} | |",
+        f"| best validation loss | {o['best_val_loss']:.3f} | {a['best_val_loss']:.3f} | "
+        f"{a['best_val_loss'] - o['best_val_loss']:+.3f} |",
+    ]
+    for k, d in report["delta"].items():
+        lines.append(f"| {k} | {o['headline'][k]:.1f} | {a['headline'][k]:.1f} | {d:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_augment(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    o, a = report["runs"]["original"], report["runs"]["augmented"]
+    t = Table(title="Effect of augmentation on the held-out test split")
+    for c in ("metric", "original", "augmented", "change"):
+        t.add_column(c, justify="left" if c == "metric" else "right")
+    t.add_row("training examples", str(o["train_examples"]), str(a["train_examples"]), "")
+    if o["best_val_loss"] is not None and a["best_val_loss"] is not None:
+        t.add_row(
+            "best validation loss",
+            f"{o['best_val_loss']:.3f}",
+            f"{a['best_val_loss']:.3f}",
+            f"{a['best_val_loss'] - o['best_val_loss']:+.3f}",
+        )
+    for k, d in report["delta"].items():
+        t.add_row(k, f"{o['headline'][k]:.1f}", f"{a['headline'][k]:.1f}", f"{d:+.1f}")
+    console.print(t)

@@ -1,0 +1,84 @@
+"""Pieces the experiments share: the data a user gave, prepared once, and written back as plain records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import RunConfig, build_config
+from tuneforge.data.schema import Example
+from tuneforge.errors import DataError
+
+
+def prepare(cfg: RunConfig) -> Any:
+    """Read, clean, validate and split the run's data as training would (token lengths with the model's
+    tokenizer), without loading the model's weights."""
+    from tuneforge.data.prepare import prepare_data
+    from tuneforge.data.tokenize import count_tokens_fn
+    from tuneforge.models.load import base_path_for, load_tokenizer
+    from tuneforge.models.registry import resolve
+    from tuneforge.progress import Steps
+
+    tok, _ = load_tokenizer(
+        base_path_for(resolve(cfg.model.name), Steps(f"Preparing {cfg.model.name}")), cfg.model.chat_template
+    )
+    return prepare_data(cfg.data, cfg.seed, count_tokens_fn(tok, cfg.data))
+
+
+def to_record(ex: Example) -> dict[str, Any]:
+    """An example as the plain record a user would write (OpenAI chat, or text/label)."""
+    if ex.kind == "classification":
+        return {"text": ex.text, "label": ex.label}
+    if ex.kind == "text":
+        return {"text": ex.text}
+    if ex.kind == "preference":
+        raise DataError(
+            "this experiment supports chat, classification and text data, not preference pairs",
+            "run it on supervised data",
+        )
+    msgs = []
+    for m in ex.messages:
+        d = {"role": m.role, "content": m.content}
+        for k in ("weight", "tool_calls", "name", "tool_call_id"):
+            if getattr(m, k) is not None:
+                d[k] = getattr(m, k)
+        msgs.append(d)
+    rec: dict[str, Any] = {"messages": msgs}
+    if ex.tools:
+        rec["tools"] = ex.tools
+    return rec
+
+
+def write_records(examples: Sequence[Example], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(to_record(e), ensure_ascii=False) + "\n" for e in examples))
+    return path
+
+
+def fixed_split_config(
+    cfg: RunConfig, run_dir: Path, train: Path, validation: Path | None, test: Path | None, **clean: Any
+) -> RunConfig:
+    """The run's config, trained on exactly these files (no further splitting)."""
+    data = cfg.model_dump(mode="json")
+    data["run_dir"] = str(run_dir)
+    data["data"]["train"] = str(train)
+    data["data"]["validation"] = str(validation) if validation else None
+    data["data"]["test"] = str(test) if test else None
+    data["data"]["split"]["validation"] = 0.0
+    data["data"]["split"]["test"] = 0.0
+    data["data"]["clean"].update(clean)
+    data["data"]["format"] = "auto"
+    data["data"]["columns"] = {}
+    data["data"].pop("mix", None)  # the files written hold every task's records already
+    data.get("tracking", {}).pop("run_name", None)
+    return build_config(data, f"{run_dir}")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n-1), 0 for a single value."""
+    import statistics
+
+    vals = [float(v) for v in values]
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0

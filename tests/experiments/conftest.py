@@ -1,0 +1,38 @@
+"""A tiny model trained on the capitals task, shared by the experiment tests (trained once per session)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import capitals_records, tiny_config, write_jsonl
+
+# These tests train with train.num_threads=1 (fast on a busy 2-core machine), which sets torch's thread count for
+# the whole process. Put it back after each test: later tests compare in-process runs with subprocess runs that
+# use the default, and a different thread count changes float sums in the last bits.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    yield
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
+@pytest.fixture(scope="session")
+def tuned_run(tiny_model_dir, tmp_path_factory):
+    """A full fine-tune of the tiny model on capitals: its folder is a run, and run/model a plain model folder."""
+    from tuneforge import api
+
+    tmp = tmp_path_factory.mktemp("tuned")
+    data = write_jsonl(tmp / "capitals.jsonl", capitals_records())
+    cfg = tiny_config(
+        tiny_model_dir,
+        data,
+        tmp / "run",
+        "train.learning_rate=1e-2",
+        "train.epochs=12",
+        "train.num_threads=1",
+    )
+    api.finetune(cfg, evaluate=False, show=False)
+    return tmp / "run"

@@ -1,0 +1,57 @@
+"""Experiment tracking: a run's metrics land in TensorBoard event files and in a local MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import tiny_config
+from tuneforge.train.loop import run_training
+
+
+def test_metrics_go_to_tensorboard_and_mlflow(tiny_model_dir, capitals_file, tmp_path):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(
+        tiny_model_dir,
+        capitals_file,
+        tmp_path / "run",
+        "train.epochs=2",
+        "train.num_threads=1",
+        "tracking.backends=[tensorboard, mlflow]",
+        f"tracking.mlflow_uri={uri}",
+        "tracking.experiment=capitals",
+    )
+    result, ft = run_training(cfg)
+    ft.cleanup()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    vals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    assert losses and vals
+
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in tb] == [s for s, _ in losses]
+    assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(tb, losses, strict=True))
+    assert [e.step for e in acc.Scalars("val/val_loss")] == [s for s, _ in vals]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("capitals")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.learning_rate"] == str(cfg.train.learning_rate)
+    hist = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in hist] == [s for s, _ in vals]
+    assert abs(run.data.metrics["final_best_val_loss"] - result.best_val_loss) < 1e-9
+
+
+def test_tracking_off_by_default_writes_nothing(tiny_model_dir, capitals_file, tmp_path):
+    cfg = tiny_config(
+        tiny_model_dir, capitals_file, tmp_path / "run", "train.max_steps=2", "train.num_threads=1"
+    )
+    _, ft = run_training(cfg)
+    ft.cleanup()
+    assert not (tmp_path / "run" / "tensorboard").exists()
+    assert not (tmp_path / "mlflow.db").exists()

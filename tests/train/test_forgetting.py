@@ -1,0 +1,128 @@
+"""Catastrophic forgetting on the tiny model: measured in the report, and reduced by replay, distillation, EWC.
+
+The constructed case: the general set asks for capitals; the task asks the same questions with rotated answers
+(France → Tokyo ...), which overwrites exactly what the general set checks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import CAPITALS, capitals_records, tiny_config, write_jsonl
+from tuneforge import api
+
+STEPS = [
+    "method.name=lora",
+    "method.r=8",
+    "train.learning_rate=2e-2",
+    "train.max_steps=10",
+    "train.eval_every=10",
+]
+
+
+@pytest.fixture(scope="module")
+def knowing_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model after it learnt the capitals (full fine-tune, plain torch): a base with general knowledge."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.config import DataConfig
+    from tuneforge.data.collate import collate
+    from tuneforge.data.formats import load_file
+    from tuneforge.data.tokenize import tokenize_examples
+    from tuneforge.train.objectives import weighted_lm_loss
+
+    out = tmp_path_factory.mktemp("knowing")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    path = write_jsonl(out / "general.jsonl", capitals_records(64, seed=2))
+    seqs, _ = tokenize_examples(load_file(str(path), "auto", {}, None).examples, tok, DataConfig(train="x"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(60):
+        idx = torch.randperm(len(seqs))[:16].tolist()
+        parts = weighted_lm_loss(model, collate([seqs[i] for i in idx], tok.pad_token_id))
+        (parts.loss_sum / parts.weight_sum).backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def forgetting_case(tmp_path):
+    countries = list(CAPITALS)
+    rotated = {c: CAPITALS[countries[(i + 1) % len(countries)]] for i, c in enumerate(countries)}
+    task = capitals_records(64, seed=1)
+    for r in task:
+        country = next(c for c in CAPITALS if c in r["messages"][0]["content"])
+        r["messages"][1]["content"] = rotated[country]
+    general = capitals_records(64, seed=2)
+    return {
+        "task": write_jsonl(tmp_path / "task.jsonl", task),
+        "general_eval": write_jsonl(tmp_path / "general-eval.jsonl", general[:24]),
+        "general_train": write_jsonl(tmp_path / "general-train.jsonl", general[24:]),
+    }
+
+
+def _run(tiny_model_dir, case, run_dir, *extra):
+    cfg = tiny_config(
+        tiny_model_dir,
+        case["task"],
+        run_dir,
+        *STEPS,
+        f"eval.general={case['general_eval']}",
+        f"forgetting.data={case['general_train']}",
+        "eval.max_new_tokens=2",
+        "eval.max_examples=4",
+        "eval.samples=0",
+        *extra,
+    )
+    return api.finetune(cfg, show=False)["report"]
+
+
+def test_forgetting_is_reported_and_each_mitigation_reduces_it(knowing_model_dir, forgetting_case, tmp_path):
+    base = _run(knowing_model_dir, forgetting_case, tmp_path / "base")
+    fg = base["forgetting"]
+    assert fg["n_general"] == 24 and fg["delta_loss"] > 0.1  # the task overwrote the general knowledge
+    assert (tmp_path / "base" / "report.html").read_text().count("Forgetting") == 1
+    task_loss = base["validation"]["tuned"]["loss"]
+    assert task_loss < base["validation"]["base"]["loss"]  # ... while the task was learnt
+    replay = _run(knowing_model_dir, forgetting_case, tmp_path / "replay", "forgetting.replay=0.5")
+    distill = _run(knowing_model_dir, forgetting_case, tmp_path / "distill", "forgetting.distill=2.0")
+    for mitigated in (replay, distill):
+        assert mitigated["forgetting"]["delta_loss"] < 0.95 * fg["delta_loss"]
+
+
+def test_ewc_penalty_is_zero_at_the_base_and_pulls_adapters_back(tiny_model_dir, tmp_path, forgetting_case):
+    from tuneforge.methods import registry
+    from tuneforge.models.load import load_model
+    from tuneforge.train.forgetting import build_ewc
+
+    cfg = tiny_config(
+        tiny_model_dir,
+        forgetting_case["task"],
+        tmp_path / "r",
+        *STEPS,
+        "forgetting.ewc=1.0",
+        f"forgetting.data={forgetting_case['general_train']}",
+        "forgetting.fisher_examples=8",
+    )
+    lm = load_model(str(tiny_model_dir), dtype="float32")
+    model = registry.get("lora").prepare(lm.model, cfg.method)
+    ewc = build_ewc(cfg, model, lm.tokenizer, torch.device("cpu"))
+    assert len(ewc.terms) > 0 and all(f.float().mean() > 0 for _, f in ewc.terms)
+    assert ewc.backward() == 0.0  # LoRA starts as a zero delta: nothing has drifted
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.05)
+    before = ewc.backward()  # fills .grad
+    assert before > 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 1e-3 / max(before, 1e-9) * p.grad
+                p.grad = None
+    assert ewc.backward() < before  # a step down the penalty's gradient shrinks the drift
