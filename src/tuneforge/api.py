@@ -53,6 +53,21 @@ def finetune(
             device=device,
             show=show,
         )
+    from tuneforge.methods import registry
+
+    if registry.get(cfg.method.name).recipe == "classify":  # a classification head: its own recipe
+        from tuneforge.train.classify import finetune_classifier
+
+        return finetune_classifier(
+            cfg,
+            evaluate=evaluate,
+            show=show,
+            resume=resume,
+            overwrite=overwrite,
+            on_event=on_event,
+            should_stop=should_stop,
+            device=device,
+        )
     result, ft = run_training(
         cfg, resume=resume, overwrite=overwrite, on_event=on_event, should_stop=should_stop, device=device
     )
@@ -176,6 +191,10 @@ def compare_models(
     show: bool = True,
 ) -> dict[str, Any]:
     """Before/after report for any pair, or a single model's scores when tuned_name is None."""
+    from tuneforge.train.classify import evaluate_run, is_classifier_run
+
+    if tuned_name is None and is_classifier_run(base_name):  # a classification head: labels, not text
+        return evaluate_run(Path(base_name), data=data, out_dir=out_dir, show=show)
     eval_cfg = eval_cfg or EvalConfig()
     tuned = load_model(tuned_name) if tuned_name else None
     # An adapter run over this very base answers as the base with its adapter off: one copy in memory.

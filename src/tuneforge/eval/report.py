@@ -219,3 +219,65 @@ def _confusions_html(v: dict[str, Any]) -> str:
             f"<h3>{e(v['title'])}: {e(name)} — rows true, columns predicted</h3><table><tr><th></th>{head}</tr>{body}</table>"
         )
     return ("<h2>Confusion matrices</h2>" + "".join(blocks)) if blocks else ""
+
+
+# ------------------------------------------------------------------------------------ classification heads
+def print_classification_report(report: dict[str, Any], console: Console) -> None:
+    """Accuracy and macro-F1 of the majority baseline and the classifier, then per-class figures."""
+    base, tuned = report["variants"][0], report["variants"][-1]
+    t = Table(title=f"Classification on {report['n_test']} held-out test texts")
+    t.add_column("metric (0-100)")
+    for v in (base, tuned):
+        t.add_column(v["title"], justify="right")
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        t.add_row(key, *[_fmt(100 * v["metrics"][key]) for v in (base, tuned)])
+    console.print(t)
+    pc = Table(title="Per class (tuned)")
+    for col in ("label", "precision", "recall", "F1", "support"):
+        pc.add_column(col, justify="right" if col != "label" else "left")
+    for lab, m in tuned["metrics"]["per_class"].items():
+        pc.add_row(
+            Text(lab),
+            _fmt(100 * m["precision"]),
+            _fmt(100 * m["recall"]),
+            _fmt(100 * m["f1"]),
+            str(m["support"]),
+        )
+    console.print(pc)
+
+
+def write_classification_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path]:
+    """report.json and report.html (metrics, per-class table, confusion matrix) for a classification run."""
+    e = html.escape
+    run_dir.mkdir(parents=True, exist_ok=True)
+    jpath = run_dir / "report.json"
+    jpath.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
+    base, tuned = report["variants"][0], report["variants"][-1]
+    rows = "".join(
+        f"<tr><td>{k}</td>"
+        + "".join(f"<td>{100 * v['metrics'][k]:.1f}</td>" for v in (base, tuned))
+        + "</tr>"
+        for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+    )
+    per = "".join(
+        f"<tr><td>{e(lab)}</td><td>{100 * m['precision']:.1f}</td><td>{100 * m['recall']:.1f}</td>"
+        f"<td>{100 * m['f1']:.1f}</td><td>{m['support']}</td></tr>"
+        for lab, m in tuned["metrics"]["per_class"].items()
+    )
+    tuned = {**tuned, "metrics": {"labels": {"strict": tuned["metrics"]}}}
+    img = ""
+    loss_png = run_dir / "loss_curve.png"
+    if loss_png.is_file():
+        img = f"<h2>Loss curve</h2><img alt='loss curve' src='data:image/png;base64,{base64.b64encode(loss_png.read_bytes()).decode()}'>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tuneforge classification report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style>
+</head><body><h1>Classification report</h1>
+<p>Base model <b>{e(str(report.get("base_model")))}</b>, {report["n_test"]} held-out test texts,
+labels: {e(", ".join(report["labels"]))}.</p>
+<table><tr><th>metric (0-100)</th><th>{e(base["title"])}</th><th>{e(tuned["title"])}</th></tr>{rows}</table>
+<h2>Per class</h2><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per}</table>
+{_confusions_html(tuned)}{img}</body></html>"""
+    hpath = run_dir / "report.html"
+    hpath.write_text(page)
+    return jpath, hpath

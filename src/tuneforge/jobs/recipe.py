@@ -76,7 +76,7 @@ def run_config(
 ) -> RunConfig:
     """The run config of a job: no test split (nothing is held out of the user's training file), validation
     from the validation file only, records kept as given (no de-duplication: the job trains on what was sent)."""
-    method: dict[str, Any] = {"name": training_type}
+    method: dict[str, Any] = {"name": training_type}  # any registered LM method (`tuneforge methods`)
     if training_type == "lora":
         method.update(r=16, alpha=32, dropout=0.0, target_modules="all-linear")
     cfg: dict[str, Any] = {
@@ -99,11 +99,14 @@ def run_config(
             "learning_rate": base_learning_rate * resolved["learning_rate_multiplier"],
         },
     }
+    from tuneforge.methods import registry
+
+    method_options = registry.get(training_type).config_cls.model_fields
     for key, value in extras.items():
         if value is None or key not in EXTRA_KEYS:
             continue
         section, name = EXTRA_KEYS[key].split(".")
-        if section == "method" and training_type != "lora":
+        if section == "method" and name not in method_options:  # lora_rank means nothing to full or ia3
             continue
         cfg[section][name] = value
     return build_config(cfg, "job")

@@ -34,6 +34,7 @@ from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 from tuneforge.jobs import recipe, store
 from tuneforge.jobs.checks import JobError, check_file
 from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
+from tuneforge.methods import registry
 from tuneforge.serve.settings import Settings
 
 log = logging.getLogger("tuneforge.worker")
@@ -152,7 +153,7 @@ class Worker:
             extras=snapshot.extras,
             seed=snapshot.seed,
             base_learning_rate=s.lora_learning_rate
-            if snapshot.training_type == "lora"
+            if registry.get(snapshot.training_type).artifact == "adapter"
             else s.full_learning_rate,
             max_length=int(snapshot.extras.get("max_length") or s.max_length),
         )

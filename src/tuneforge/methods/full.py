@@ -1,4 +1,5 @@
-"""Full fine-tuning: every parameter is trained; the artifact is a complete model folder."""
+"""Full fine-tuning: every parameter is trained; the artifact is a complete model folder.
+Option: layer-wise learning-rate decay (`layer_lr_decay`, see llrd.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ from pathlib import Path
 
 from torch import nn
 
-from tuneforge.config import MethodConfig
+from tuneforge.methods import llrd
 from tuneforge.methods.registry import MethodSpec, register
 from tuneforge.models.load import load_state_into, save_model_folder
 
 
-class FullMethodConfig(MethodConfig):
+class FullMethodConfig(llrd.LayerDecayOptions):
     name: str = "full"
 
 
@@ -29,10 +30,11 @@ register(
     MethodSpec(
         name="full",
         config_cls=FullMethodConfig,
-        summary="Train every weight; largest artifact and memory, most capacity.",
+        summary="Train every weight; largest artifact and memory, most capacity. Option: layer_lr_decay.",
         prepare=prepare,
         save=save_model_folder,
         load=load,
         artifact="model",
+        param_groups=llrd.param_groups,
     )
 )

@@ -34,6 +34,20 @@ class MethodSpec:
     artifact: str = "adapter"
     # check(run_cfg): cross-field rules; raise ValueError with what to use instead
     check: Callable[[RunConfig], None] = lambda cfg: None
+    # Optional seams; None means "the loop's default".
+    # param_groups(model, cfg, lr) -> optimizer groups [{"params": [...], "lr": ...}] (layer-wise LR decay).
+    # They must also hold parameters that only become trainable later (gradual unfreezing): the optimizer is
+    # built once. Default: one group of the trainable parameters at the run's learning rate.
+    param_groups: Callable[[nn.Module, MethodConfig, float], list[dict]] | None = None
+    # on_step(model, cfg, step, epoch) runs before every optimizer step and may change requires_grad (gradual
+    # unfreezing). It must depend on the step alone, so a resumed run restores the same state; it returns a
+    # message when it changed something.
+    on_step: Callable[[nn.Module, MethodConfig, int, float], str | None] | None = None
+    # load_options(cfg) -> extra from_pretrained arguments for the base model (4-bit quantisation for QLoRA)
+    load_options: Callable[[MethodConfig], dict] | None = None
+    # recipe: "lm" trains the causal-LM objective (train/loop.py); "classify" trains a classification head
+    # (train/classify.py)
+    recipe: str = "lm"
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -58,7 +72,18 @@ def available() -> list[MethodSpec]:
 
 def _load_builtin() -> None:
     # Importing the modules runs their register() calls.
-    from tuneforge.methods import freeze, full, lora  # noqa: F401
+    from tuneforge.methods import (  # noqa: F401
+        adaption_prompt,
+        classifier,
+        freeze,
+        full,
+        ia3,
+        lora,
+        prefix,
+        prompt_tuning,
+        qlora,
+        unfreeze,
+    )
 
 
 def trainable_summary(model: nn.Module) -> tuple[int, int]:

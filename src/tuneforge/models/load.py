@@ -263,11 +263,11 @@ def base_path_for(src: ModelSource, steps: Steps | None = None, revision: str | 
     raise ModelError(f"{src.name} is a run folder, not a base model", "give the run's base model instead")
 
 
-def _from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str):
+def _from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str, **options: Any):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **options)
     except OSError as e:
         if src.kind == "hub":
             raise ModelError(
@@ -288,8 +288,10 @@ def load_model(
     chat_template: str | None = None,
     revision: str | None = None,
     steps: Steps | None = None,
+    load_options: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a base model or a trained run (base + adapter/weights) with its tokenizer, ready for inference."""
+    """Load a base model or a trained run (base + adapter/weights) with its tokenizer, ready for inference.
+    `load_options`: extra from_pretrained arguments for a base model (a 4-bit quantization_config + device_map)."""
     _quiet_transformers()
     src = resolve(name)
     dev = pick_device(device)
@@ -300,7 +302,9 @@ def load_model(
 
     path = base_path_for(src, steps, revision)
     tok, origin = load_tokenizer(path, chat_template)
-    model = _from_pretrained(path, src, tdtype, attn_implementation).to(dev)
+    model = _from_pretrained(path, src, tdtype, attn_implementation, **(load_options or {}))
+    if "device_map" not in (load_options or {}):  # quantised weights are placed by their device_map
+        model = model.to(dev)
     model.eval()
     return LoadedModel(
         model=model,
@@ -322,6 +326,11 @@ def _load_run(
     run_dir = src.run_dir
     cfg = load_config(run_dir / "config.yaml")
     spec = registry.get(cfg.method.name)
+    if spec.recipe == "classify":
+        raise ModelError(
+            f"{run_dir} is a classifier run: it answers with labels, not text",
+            f"score it with `tuneforge eval {run_dir}`",
+        )
     artifact = run_dir / spec.artifact
     base_src = resolve(cfg.model.name)
     # The run's own tokenizer folder carries the chat template it was trained with.

@@ -1,7 +1,7 @@
 """Request and response bodies, in OpenAI's shapes (separate classes for what comes in and what goes out).
 
 Requests refuse unknown fields, as OpenAI's API does, except where tuneforge documents an extension:
-fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora` or `full`).
+fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora`, `full`, or any method of `tuneforge methods`).
 """
 
 from __future__ import annotations
@@ -133,10 +133,22 @@ class JobCreate(Request):
     integrations: list[dict[str, Any]] | None = Field(
         None, description="Accepted for compatibility; must be empty."
     )
-    training_type: Literal["lora", "full"] = Field(
+    training_type: str = Field(
         "lora",
-        description="tuneforge: LoRA adapters (default; one base copy serves them all) or full weights.",
+        description="tuneforge: the fine-tuning method — `lora` adapters (default; one base copy serves them "
+        "all), `full` weights, or another method of `tuneforge methods` (dora, rslora, ia3, prefix, "
+        "prompt_tuning, adaption_prompt, freeze, unfreeze; qlora on a GPU).",
     )
+
+    @field_validator("training_type")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from tuneforge.methods import registry
+
+        names = [s.name for s in registry.available() if s.recipe == "lm"]
+        if v not in names:
+            raise ValueError(f"unknown training_type {v!r}; use one of {', '.join(names)}")
+        return v
 
     @field_validator("integrations")
     @classmethod
@@ -190,7 +202,7 @@ class JobOut(Response):
     metadata: dict[str, str] | None = None
     user_provided_suffix: str | None = None
     # tuneforge extensions
-    training_type: Literal["lora", "full"]
+    training_type: str
     hyperparameter_extensions: dict[str, Any] = Field(default_factory=dict)
     step: int = 0
     total_steps: int | None = None

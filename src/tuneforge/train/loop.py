@@ -122,6 +122,7 @@ class FineTune:
             chat_template=cfg.model.chat_template,
             revision=cfg.model.revision,
             steps=Steps(f"Preparing {cfg.model.name}"),
+            load_options=self.spec.load_options(cfg.method) if self.spec.load_options else None,
         )
         tok = self.lm.tokenizer
         self.splits, self.data_report = prepare_splits(cfg, tok, self.run)
@@ -380,6 +381,7 @@ class FineTune:
                     stopped_by_request = True
                     self.save_checkpoint()
                     break
+                self._method_step(st.step)
                 row = self.train_step(st.step)
                 st.step += 1
                 st.tokens_seen += row["tokens"]
@@ -421,6 +423,17 @@ class FineTune:
             tokens_seen=st.tokens_seen,
             data_report=self.data_report,
         )
+
+    def _method_step(self, step: int) -> None:
+        """The method's schedule (gradual unfreezing) sets what trains at this step; a pure function of the step,
+        so a resumed run trains the same parameters as an uninterrupted one."""
+        if self.spec.on_step is None:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        msg = self.spec.on_step(model, self.cfg.method, step, step / self.steps_per_epoch)
+        if msg:
+            console.print(msg)
+            self.on_event("message", {"message": msg})
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step on the micro-batches of `step`: forward, backward, clip, update, schedule."""
@@ -620,13 +633,25 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over the method's parameter groups (one group, or one per layer under layer-wise LR
+    decay), each split into weight-decayed matrices and undecayed biases and norms."""
     t = cfg.train
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    spec = registry.get(cfg.method.name)
+    if spec.param_groups is not None:
+        method_groups = spec.param_groups(model, cfg.method, t.learning_rate)
+    else:
+        method_groups = [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": t.learning_rate}
+        ]
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for g in method_groups:
+        decay, no_decay = [], []
+        for p in g["params"]:
+            n = names.get(id(p), "")
+            (no_decay if p.ndim < 2 or "norm" in n.lower() or n.endswith(".bias") else decay).append(p)
+        groups.append({"params": decay, "weight_decay": t.weight_decay, "lr": g["lr"]})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": g["lr"]})
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise DataError("the method left no parameter to train", "check the method settings")
@@ -644,8 +669,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_step
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def prepare_splits(cfg: RunConfig, tok: Any, run: RunDir) -> tuple[dict[str, list[Example]], dict[str, Any]]:
-    """Read, clean, validate and split the data once; later calls (resume, eval) read the saved splits."""
+def prepare_splits(
+    cfg: RunConfig, tok: Any, run: RunDir, count: Callable[[Example], int] | None = None
+) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+    """Read, clean, validate and split the data once; later calls (resume, eval) read the saved splits.
+    `count`: token length of an example (default: as rendered through the chat template)."""
     from tuneforge.data.prepare import prepare_data, read_split, write_rejects, write_split
 
     marker = run.data / "splits.json"
@@ -658,7 +686,7 @@ def prepare_splits(cfg: RunConfig, tok: Any, run: RunDir) -> tuple[dict[str, lis
         )
         return {n: read_split(run.data / f"{n}.jsonl") for n in names}, report
     run.data.mkdir(parents=True, exist_ok=True)
-    count = count_tokens_fn(tok, cfg.data)
+    count = count or count_tokens_fn(tok, cfg.data)
     prepared = prepare_data(cfg.data, cfg.seed, count)
     splits = {"train": prepared.train, "validation": prepared.validation, "test": prepared.test}
     for n in names:

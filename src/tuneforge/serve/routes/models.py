@@ -32,7 +32,9 @@ def resolve_target(session: Session, settings: Settings, owner: str, model: str)
     )
     if row is None:
         raise model_not_found(model)
-    kind = "adapter" if row.training_type == "lora" else "full"
+    # LoRA-family adapters share one copy of their base; other methods (full weights, or adapters of another
+    # kind, which peft cannot mix with LoRA on one model) load as a model of their own.
+    kind = "adapter" if row.training_type in ("lora", "rslora", "dora", "qlora") else "full"
     return Target(row.id, kind, row.base, settings.base_models.get(row.base, row.base), Path(row.run_dir))
 
 
