@@ -86,7 +86,9 @@ class TaskConfig(Section):
     name: str = Field(..., min_length=1, description="Task name: reports show metrics per task under it.")
     train: str = Field(..., description="The task's data file; validation and test are split off it.")
     weight: float = Field(
-        1.0, gt=0, description="Share of the training stream (normalised over the tasks; up- or down-samples)."
+        1.0,
+        gt=0,
+        description="Share of the training stream (normalised over the tasks; up- or down-samples).",
     )
 
 
