@@ -81,6 +81,10 @@ def evaluate_candidate(
 
 
 def _candidate_or_error(cfg: RunConfig, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    import warnings
+
+    # As the CLI does, in the candidate's own process too.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         return evaluate_candidate(cfg, name, **kwargs)
     except TuneforgeError as e:
