@@ -35,9 +35,8 @@ def smol_tokenizer(smol_dir):
     return load_tokenizer(str(smol_dir))[0]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smol_dir) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights, saved as a local folder."""
+def build_tiny_llama(smol_dir: Path, out: Path, **config) -> Path:
+    """Save a 2-layer Llama with SmolLM2's tokenizer and chat template, random weights, to `out`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -55,12 +54,17 @@ def tiny_model_dir(tmp_path_factory, smol_dir) -> Path:
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **config,
     )
-    model = LlamaForCausalLM(cfg)
-    out = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(out)
+    LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_dir) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights, saved as a local folder."""
+    return build_tiny_llama(smol_dir, tmp_path_factory.mktemp("tiny-model"))
 
 
 CAPITALS = {
