@@ -38,6 +38,15 @@ class LoopState:
     stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def record_validation(self, val_loss: float, patience: int | None) -> tuple[bool, bool]:
+        """Note a validation at the current step: (is it the best so far, should early stopping end the run)."""
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step, self.evals_without_improvement = val_loss, self.step, 0
+        else:
+            self.evals_without_improvement += 1
+        return improved, patience is not None and self.evals_without_improvement >= patience
+
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}

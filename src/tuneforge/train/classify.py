@@ -192,12 +192,10 @@ class Classify:
     def _restore(self) -> None:
         ckpt.clean_partial(self.run.checkpoints)
         found = ckpt.complete_checkpoints(self.run.checkpoints, self.cfg.fingerprint())
-        rows = [r for r in self.run.read_metrics()]
         if found:
             self.state = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
             console.print(f"Resumed from {found[-1].name} (step {self.state.step} of {self.total_steps})")
-        rows = [r for r in rows if r.get("step", 0) <= self.state.step]
-        self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.run.truncate_metrics(self.state.step)
 
     # ---------------------------------------------------------------------------------------------- train
     def micro_batches(self, step: int) -> list[list[int]]:
@@ -309,13 +307,10 @@ class Classify:
                 "val_accuracy": acc,
             }
         )
-        if st.best_val_loss is None or vl < st.best_val_loss:
-            st.best_val_loss, st.best_step, st.evals_without_improvement = vl, st.step, 0
+        improved, stop = st.record_validation(vl, self.cfg.train.early_stopping_patience)
+        if improved:
             self.save_artifact(self.run.best)
-        else:
-            st.evals_without_improvement += 1
-        patience = self.cfg.train.early_stopping_patience
-        return patience is not None and st.evals_without_improvement >= patience
+        return stop
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:

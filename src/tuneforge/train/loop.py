@@ -323,18 +323,14 @@ class FineTune:
         if removed:
             console.print(f"Removed {removed} incomplete checkpoint folder(s) left by an interrupted run")
         if not found:
-            self._truncate_metrics(0)
+            self.run.truncate_metrics(0)
             return
         last = found[-1]
         self.state = ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler)
-        self._truncate_metrics(self.state.step)
+        self.run.truncate_metrics(self.state.step)
         msg = f"Resumed from {last.name} (step {self.state.step} of {self.total_steps})"
         console.print(msg)
         self.on_event("message", {"message": msg})
-
-    def _truncate_metrics(self, step: int) -> None:
-        rows = [r for r in self.run.read_metrics() if r.get("step", 0) <= step]
-        self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     # ---------------------------------------------------------------------------------------------- train
     def micro_batches(self, step: int) -> list[list[int]]:
@@ -523,16 +519,12 @@ class FineTune:
         st = self.state
         res = self.validation_loss()
         self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), **res})
-        if st.best_val_loss is None or res["val_loss"] < st.best_val_loss:
-            st.best_val_loss, st.best_step = res["val_loss"], st.step
-            st.evals_without_improvement = 0
+        improved, stop = st.record_validation(res["val_loss"], self.cfg.train.early_stopping_patience)
+        if improved:
             self.save_artifact(self.run.best)
             self.run.checkpoints.mkdir(parents=True, exist_ok=True)
             save_file(ckpt.trainable_state(self.accelerator.unwrap_model(self.model)), str(self._best_state))
-        else:
-            st.evals_without_improvement += 1
-        patience = self.cfg.train.early_stopping_patience
-        return patience is not None and st.evals_without_improvement >= patience
+        return stop
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:

@@ -108,6 +108,11 @@ class RunDir:
                 break  # a line cut by a crash ends the log
         return rows
 
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric lines past `step` (a resumed run rewrites them)."""
+        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
