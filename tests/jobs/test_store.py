@@ -119,3 +119,19 @@ def test_api_keys_are_stored_hashed_and_resolve_to_their_owner(sessions):
         assert store.owner_of_key(s, "sk-wrong") is None
         hashes = s.scalars(select(store.ApiKey.key_hash)).all()
         assert "sk-secret-key-1" not in hashes and len(hashes) == 2
+
+
+def test_a_database_from_before_a_column_was_added_is_upgraded_and_keeps_its_jobs(db_url):
+    from sqlalchemy import text
+
+    engine = store.make_engine(db_url)
+    store.init_db(engine)
+    factory = store.session_factory(engine)
+    with store.transaction(factory) as s:
+        job_id = _job(s).id
+    with engine.begin() as conn:  # the jobs table as the first release made it
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN method_type"))
+    store.init_db(engine)  # the server starting on the old database
+    with factory() as s:
+        assert s.scalar(select(Job).where(Job.id == job_id)).method_type == "supervised"
+    engine.dispose()

@@ -205,3 +205,63 @@ def test_a_full_fine_tune_is_served_as_its_own_model(tmp_path, tiny_model_dir, c
         base = c.chat.completions.create(model="tiny", messages=ask, temperature=0, max_tokens=6)
         assert tuned.choices[0].message.content != base.choices[0].message.content
         assert set(srv.app.state.engine.loaded()) == {"base:tiny", f"full:{done.fine_tuned_model}"}
+
+
+def _openai_dpo_rows(n: int, seed: int) -> list[dict]:
+    """The preference pairs of tests/train in OpenAI's DPO upload shape."""
+    from tests.train.test_preference import preference_rows
+
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": r["prompt"]}]},
+            "preferred_output": [{"role": "assistant", "content": r["chosen"]}],
+            "non_preferred_output": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in preference_rows(n, seed)
+    ]
+
+
+def test_dpo_job_learns_from_feedback_pairs_and_mismatched_files_are_refused(tmp_path, tiny_base):
+    """method.type dpo as OpenAI documents it: pairs in OpenAI's upload shape, beta among the hyperparameters;
+    the held-out preference accuracy rises. A DPO job on chat data, a supervised job on pairs and DPO with full
+    weights fail with what to do instead."""
+    from tuneforge.jobs.worker import Worker
+
+    settings = service_settings(tmp_path / "data", tiny_base)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", _openai_dpo_rows(48, 0))
+    held_out = write_jsonl(tmp_path / "pairs-val.jsonl", _openai_dpo_rows(16, 1))
+    chat = write_jsonl(tmp_path / "chat.jsonl", capitals_records(16))
+    with live_server(settings) as srv:
+        c = client(srv)
+        train = c.files.create(file=("pairs.jsonl", pairs.read_bytes()), purpose="fine-tune")
+        val = c.files.create(file=("pairs-val.jsonl", held_out.read_bytes()), purpose="fine-tune")
+        chat_file = c.files.create(file=("chat.jsonl", chat.read_bytes()), purpose="fine-tune")
+        dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 3}}}
+        job = c.fine_tuning.jobs.create(model="tiny", training_file=train.id, validation_file=val.id, method=dpo)
+        assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
+        on_chat = c.fine_tuning.jobs.create(model="tiny", training_file=chat_file.id, method=dpo)
+        supervised_on_pairs = c.fine_tuning.jobs.create(model="tiny", training_file=train.id)
+        r = httpx.post(
+            f"{srv.url}/fine_tuning/jobs",
+            headers={"Authorization": f"Bearer {ALICE}"},
+            json={"model": "tiny", "training_file": train.id, "method": dpo, "training_type": "full"},
+        )
+        assert r.status_code == 400 and "training_type 'lora'" in r.json()["error"]["message"]
+
+        worker = Worker(settings)
+        assert worker.run(idle_exit=True) == 3
+        done = c.fine_tuning.jobs.retrieve(job.id)
+        assert done.status == "succeeded", done.error
+        assert done.method.dpo.hyperparameters.batch_size == 8  # "auto" resolved
+        evals = sorted(
+            (e.data for e in c.fine_tuning.jobs.list_events(job.id, limit=100) if e.data and "valid_loss" in e.data),
+            key=lambda d: d["step"],
+        )
+        assert evals[-1]["valid_reward_accuracy"] >= 0.9
+        assert evals[-1]["valid_reward_margin"] > evals[0]["valid_reward_margin"]
+
+        failed = c.fine_tuning.jobs.retrieve(on_chat.id)
+        assert failed.status == "failed" and "needs preference pairs" in failed.error.message
+        assert "holds chat records" in failed.error.message
+        failed = c.fine_tuning.jobs.retrieve(supervised_on_pairs.id)
+        assert failed.status == "failed" and 'method {"type": "dpo"}' in failed.error.message

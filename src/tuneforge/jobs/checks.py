@@ -58,6 +58,32 @@ def check_file(path: Path, param: str, label: str, min_examples: int) -> Checked
     return CheckedFile(loaded.examples, loaded.format, [p for p in problems if p.severity == "warning"])
 
 
+def check_method_fits(checked: CheckedFile, method_type: str, param: str, label: str) -> None:
+    """DPO trains on preference pairs, supervised jobs on conversations: a file of the other kind fails the job
+    with the method it would suit."""
+    if method_type == "dpo":
+        unpaired = [i for i, ex in enumerate(checked.examples) if ex.chosen is None or ex.rejected is None]
+        if checked.format != "preference" or unpaired:
+            raise JobError(
+                "invalid_file_format",
+                f"{label}: a dpo job needs preference pairs on every line (input + preferred_output + "
+                "non_preferred_output, or prompt + chosen + rejected); "
+                + (
+                    f"this file holds {checked.format} records."
+                    if checked.format != "preference"
+                    else f"line {unpaired[0] + 1} has no pair (a thumbs-up/down label alone is KTO data)."
+                ),
+                param,
+            )
+    elif checked.format == "preference":
+        raise JobError(
+            "invalid_file_format",
+            f"{label} holds preference pairs; create the job with method "
+            '{"type": "dpo"} to train on them, or upload conversations for a supervised job.',
+            param,
+        )
+
+
 def _line(source) -> str:
     if source is None:
         return "file"

@@ -6,6 +6,7 @@
 - batch_size: 8 below 2,000 training examples, 16 below 20,000, else 32.
 - learning_rate_multiplier: 1, i.e. the learning rate is the server's `lora_learning_rate` (2e-4) for LoRA or
   `full_learning_rate` (2e-5) for full fine-tuning.
+- beta (DPO jobs): 0.1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ MIN_TARGET_EXAMPLES = 100
 MAX_TARGET_EXAMPLES = 25_000
 DEFAULT_EPOCHS = 3
 MAX_AUTO_EPOCHS = 25
+DEFAULT_BETA = 0.1
 
 # tuneforge's extension hyperparameters → where they go in the run config
 EXTRA_KEYS = {
@@ -54,11 +56,14 @@ def resolve(hp: dict[str, Any], n_train: int) -> dict[str, Any]:
     n_epochs = hp.get("n_epochs", "auto")
     batch = hp.get("batch_size", "auto")
     lrm = hp.get("learning_rate_multiplier", "auto")
-    return {
+    out = {
         "n_epochs": auto_epochs(n_train) if n_epochs in (None, "auto") else int(n_epochs),
         "batch_size": auto_batch_size(n_train) if batch in (None, "auto") else int(batch),
         "learning_rate_multiplier": 1.0 if lrm in (None, "auto") else float(lrm),
     }
+    if "beta" in hp:  # DPO jobs
+        out["beta"] = DEFAULT_BETA if hp["beta"] in (None, "auto") else float(hp["beta"])
+    return out
 
 
 def run_config(
@@ -68,6 +73,7 @@ def run_config(
     train_path: Path,
     validation_path: Path | None,
     training_type: str,
+    method_type: str = "supervised",
     resolved: dict[str, Any],
     extras: dict[str, Any],
     seed: int,
@@ -99,6 +105,9 @@ def run_config(
             "learning_rate": base_learning_rate * resolved["learning_rate_multiplier"],
         },
     }
+    if method_type == "dpo":  # preference pairs; the reference is the base (the adapter switched off)
+        cfg["data"]["format"] = "preference"
+        cfg["objective"] = {"name": "dpo", "beta": resolved.get("beta", DEFAULT_BETA)}
     from tuneforge.methods import registry
 
     method_options = registry.get(training_type).config_cls.model_fields

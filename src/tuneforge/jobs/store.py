@@ -93,6 +93,7 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(Integer)
     training_type: Mapped[str] = mapped_column(String(16), default="lora")
+    method_type: Mapped[str] = mapped_column(String(16), default="supervised")  # OpenAI's method.type
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # as requested ("auto" allowed)
     resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # after validation
     extras: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tuneforge extensions (lora rank ...)
@@ -189,6 +190,26 @@ def make_engine(url: str) -> Engine:
 
 def init_db(engine: Engine) -> None:
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
+
+
+# Columns added after the first release, with the value that rows written before them take.
+ADDED_COLUMNS = {("jobs", "method_type"): "'supervised'"}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """create_all makes missing tables, not missing columns: a database made by an earlier tuneforge gets
+    the columns added since, so that upgrading the server keeps its jobs."""
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    for (table, column), default in ADDED_COLUMNS.items():
+        if column in {c["name"] for c in insp.get_columns(table)}:
+            continue
+        col = Base.metadata.tables[table].c[column]
+        ddl = col.type.compile(dialect=engine.dialect)
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl} NOT NULL DEFAULT {default}"))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

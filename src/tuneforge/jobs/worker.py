@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 from tuneforge.jobs import recipe, store
-from tuneforge.jobs.checks import JobError, check_file
+from tuneforge.jobs.checks import JobError, check_file, check_method_fits
 from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
 from tuneforge.methods import registry
 from tuneforge.serve.settings import Settings
@@ -149,6 +149,7 @@ class Worker:
             train_path=files[0],
             validation_path=files[1],
             training_type=snapshot.training_type,
+            method_type=snapshot.method_type,
             resolved=resolved,
             extras=snapshot.extras,
             seed=snapshot.seed,
@@ -236,10 +237,13 @@ class Worker:
         train_path, val_path = self._file_paths(job)
         labels = self._file_labels(job)
         checked = check_file(train_path, "training_file", labels[0], self.settings.min_examples)
+        check_method_fits(checked, job.method_type, "training_file", labels[0])
         n_val = None
         if val_path is not None:
             self._event(lease, f"Validating validation file: {job.validation_file}")
-            n_val = len(check_file(val_path, "validation_file", labels[1], 1).examples)
+            checked_val = check_file(val_path, "validation_file", labels[1], 1)
+            check_method_fits(checked_val, job.method_type, "validation_file", labels[1])
+            n_val = len(checked_val.examples)
         resolved = recipe.resolve(job.hyperparameters, len(checked.examples))
         with store.transaction(self.sessions) as db:
             self._check_lease(db, lease)
@@ -430,6 +434,7 @@ class _JobView:
             "suffix",
             "seed",
             "training_type",
+            "method_type",
             "hyperparameters",
             "resolved",
             "extras",
@@ -531,6 +536,9 @@ class _EventSink:
             }
             msg = f"Step {step}" + (f"/{self.total_steps}" if self.total_steps else "")
             msg += f": training loss={row['loss']:.4f}"
+        for key in ("reward_accuracy", "reward_margin"):  # preference jobs (dpo): how often chosen wins
+            if (value := row.get(f"val_{key}" if is_val else key)) is not None:
+                data[f"valid_{key}" if is_val else f"train_{key}"] = value
         if self.total_steps:
             data["total_steps"] = self.total_steps
         if self.start_step is None:

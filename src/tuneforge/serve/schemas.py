@@ -1,7 +1,8 @@
 """Request and response bodies, in OpenAI's shapes (separate classes for what comes in and what goes out).
 
 Requests refuse unknown fields, as OpenAI's API does, except where tuneforge documents an extension:
-fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora`, `full`, or any method of `tuneforge methods`).
+fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora`, `full`, or any method
+of `tuneforge methods`). `method.type` is `supervised` or `dpo` (preference pairs; needs an adapter method).
 """
 
 from __future__ import annotations
@@ -100,14 +101,33 @@ class HyperparametersIn(Request):
         )
 
 
+class DpoHyperparametersIn(HyperparametersIn):
+    """OpenAI's DPO hyperparameters: the supervised ones plus beta."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = Field(
+        "auto",
+        description='Strength of the pull towards the base model (higher stays closer). "auto": 0.1.',
+    )
+
+    def openai_part(self) -> dict[str, Any]:
+        return {**super().openai_part(), "beta": self.beta}
+
+    def extensions(self) -> dict[str, Any]:
+        return {k: v for k, v in super().extensions().items() if k != "beta"}
+
+
 class SupervisedIn(Request):
     hyperparameters: HyperparametersIn | None = None
+
+
+class DpoIn(Request):
+    hyperparameters: DpoHyperparametersIn | None = None
 
 
 class MethodIn(Request):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedIn | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoIn | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -171,13 +191,22 @@ class HyperparametersOut(Response):
     learning_rate_multiplier: Auto | float
 
 
+class DpoHyperparametersOut(HyperparametersOut):
+    beta: Auto | float
+
+
 class SupervisedOut(Response):
     hyperparameters: HyperparametersOut
 
 
+class DpoOut(Response):
+    hyperparameters: DpoHyperparametersOut
+
+
 class MethodOut(Response):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedOut
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: SupervisedOut | None = None
+    dpo: DpoOut | None = None
 
 
 class JobOut(Response):
@@ -187,7 +216,7 @@ class JobOut(Response):
     error: JobErrorOut | None = None
     fine_tuned_model: str | None = None
     finished_at: int | None = None
-    hyperparameters: HyperparametersOut
+    hyperparameters: DpoHyperparametersOut | HyperparametersOut
     method: MethodOut
     model: str
     organization_id: str

@@ -20,6 +20,7 @@ from tuneforge.serve.deps import SessionDep, SettingsDep
 from tuneforge.serve.errors import bad_request, not_found
 from tuneforge.serve.schemas import (
     CheckpointList,
+    DpoHyperparametersIn,
     EventList,
     HyperparametersIn,
     JobCreate,
@@ -39,7 +40,7 @@ def job_out(job: Job) -> dict[str, Any]:
         "fine_tuned_model": job.fine_tuned_model,
         "finished_at": job.finished_at,
         "hyperparameters": hp,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "method": {"type": job.method_type, job.method_type: {"hyperparameters": hp}},
         "model": job.model,
         "organization_id": job.owner,
         "result_files": job.result_files or [],
@@ -77,7 +78,7 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
             "model",
             "model_not_available",
         )
-    hp = _hyperparameters(body)
+    method_type, hp = _hyperparameters(body)
     for param, fid in (("training_file", body.training_file), ("validation_file", body.validation_file)):
         if fid is None:
             continue
@@ -99,6 +100,7 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         training_type=body.training_type,
+        method_type=method_type,
         hyperparameters=hp.openai_part(),
         extras=hp.extensions(),
         metadata_=body.metadata,
@@ -114,20 +116,37 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
     return job_out(job)
 
 
-def _hyperparameters(body: JobCreate) -> HyperparametersIn:
-    if body.method is not None and body.method.type != "supervised":
+def _hyperparameters(body: JobCreate) -> tuple[str, HyperparametersIn]:
+    """The job's method type and its hyperparameters, from `method` or the deprecated top-level field."""
+    method_type = body.method.type if body.method is not None else "supervised"
+    if method_type not in ("supervised", "dpo"):
         raise bad_request(
-            f"Method {body.method.type!r} is not supported by tuneforge; use 'supervised'.",
+            f"Method {method_type!r} is not supported by tuneforge; use 'supervised' or 'dpo'.",
             "method.type",
             "unsupported_method",
         )
-    in_method = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    if method_type == "dpo":
+        from tuneforge.methods import registry
+
+        if registry.get(body.training_type).artifact != "adapter":
+            raise bad_request(
+                f"DPO compares the model with its base, which is the same weights with the adapter switched "
+                f"off, so it needs an adapter method; training_type {body.training_type!r} trains the "
+                "weights themselves. Use training_type 'lora' (or dora, rslora, ia3 ...).",
+                "training_type",
+                "unsupported_method",
+            )
+    section = getattr(body.method, method_type, None) if body.method is not None else None
+    in_method = section.hyperparameters if section is not None else None
     if in_method is not None and body.hyperparameters is not None:
         raise bad_request(
-            "Give hyperparameters in method.supervised.hyperparameters or in hyperparameters, not both.",
+            f"Give hyperparameters in method.{method_type}.hyperparameters or in hyperparameters, not both.",
             "hyperparameters",
         )
-    return in_method or body.hyperparameters or HyperparametersIn()
+    if method_type == "dpo":
+        top = DpoHyperparametersIn(**body.hyperparameters.model_dump()) if body.hyperparameters else None
+        return method_type, in_method or top or DpoHyperparametersIn()
+    return method_type, in_method or body.hyperparameters or HyperparametersIn()
 
 
 @router.get("", response_model=JobList, summary="List fine-tuning jobs")
