@@ -120,7 +120,7 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
     ft = FineTune(cfg, overwrite=True)
     ft.setup()
     # What `tuneforge estimate` would have said, checked against this very run (timing steps are undone).
-    est = ft.estimate(timing=True)
+    est = ft.estimate(timing=True) if not os.environ.get("BENCH_NO_ESTIMATE") else None
     real = sum(len(s) for s in ft.train_seqs)
     t0 = time.time()
     res = ft.train()
@@ -128,8 +128,8 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
     ft.finish()
     losses = [r["loss"] for r in ft.run.read_metrics() if "loss" in r]
     return {
-        "estimated_peak_bytes": est.peak_bytes,
-        "estimated_train_seconds": est.seconds_per_epoch * args.epochs if est.seconds_per_epoch else None,
+        "estimated_peak_bytes": est.peak_bytes if est else None,
+        "estimated_train_seconds": est.seconds_per_epoch * args.epochs if est and est.seconds_per_epoch else None,
         "train_seconds": dt,
         "real_tokens": real * args.epochs,
         "steps": res.steps,

@@ -43,6 +43,35 @@ def test_stages_run_in_order_each_from_the_previous_result(tiny_model_dir, capit
     assert [s["stage"] for s in again["stages"]] == ["domain", "task"]
 
 
+def test_continued_pretraining_is_reported_by_loss_on_held_out_texts(tiny_model_dir, tmp_path):
+    """Raw text has no question to generate an answer for: base and tuned are compared by their loss and
+    perplexity on the test texts, and continued pre-training lowers them."""
+    text = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [
+            {"text": f"{r['messages'][0]['content']} {r['messages'][1]['content']}."}
+            for r in capitals_records()
+        ],
+    )
+    cfg = tiny_config(
+        tiny_model_dir,
+        text,
+        tmp_path / "run",
+        *QUICK,
+        "data.format=text",
+        "data.train_on=all",
+        "data.split.test=0.2",
+        "method.name=lora",
+        "eval.few_shot=3",
+    )
+    report = api.finetune(cfg, show=False)["report"]
+    assert [v["key"] for v in report["variants"]] == ["base", "tuned"]  # no few-shot prompt for raw text
+    base, tuned = (v["headline"] for v in report["variants"])
+    assert tuned["text perplexity"] < base["text perplexity"]
+    assert report["gain"]["text loss (x100)"] < 0
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
 def test_bad_stage_is_refused_naming_it(tiny_model_dir, capitals_file, tmp_path):
     with pytest.raises(ConfigError, match=r"stages\[0\] \(x\).*unknown config key `train.lr`"):
         tiny_config(tiny_model_dir, capitals_file, tmp_path / "r", "stages=[{name: x, train: {lr: 1}}]")

@@ -70,6 +70,8 @@ def with_shots(prompt: list[Message], shots: Sequence[list[Message]]) -> list[Me
 def run_variant(
     v: Variant, examples: Sequence[Example], data_cfg: DataConfig, eval_cfg: EvalConfig, labels: Sequence[str]
 ) -> dict[str, Any]:
+    if examples and all(e.kind == "text" for e in examples):
+        return score_by_loss(v, examples, data_cfg)
     shot_convs = [conversation(s, data_cfg, labels) for s in v.shots]
     convs = [with_shots(prompt_of(e, data_cfg, labels), shot_convs) for e in examples]
     if v.rewrite is not None:
@@ -102,6 +104,29 @@ def run_variant(
         "prompt_tokens_mean": sum(g.prompt_tokens for g in gens) / max(len(gens), 1),
         "completion_tokens_mean": sum(g.completion_tokens for g in gens) / max(len(gens), 1),
         "shots": len(v.shots),
+    }
+
+
+def score_by_loss(v: Variant, examples: Sequence[Example], data_cfg: DataConfig) -> dict[str, Any]:
+    """Raw text (continued pre-training) has no question to answer: a variant is scored by its loss and
+    perplexity on the held-out texts, the objective it was trained on (lower is better; a negative gain is
+    the improvement). The loss is shown x100 to sit on the report's 0-100 scale."""
+    t0 = time.time()
+    res = validation_loss(v.lm, examples, data_cfg, v.adapters, ())
+    dt = time.time() - t0
+    loss = res["loss"] if res else float("nan")
+    headline = {"text loss (x100)": 100 * loss, "text perplexity": res["perplexity"] if res else float("nan")}
+    return {
+        "key": v.key,
+        "title": v.title,
+        "metrics": {"task": "text", "loss": loss, **headline},
+        "headline": headline,
+        "answers": [""] * len(examples),
+        "seconds": dt,
+        "ms_per_example": 1000 * dt / max(len(examples), 1),
+        "prompt_tokens_mean": 0.0,
+        "completion_tokens_mean": 0.0,
+        "shots": 0,
     }
 
 
@@ -161,7 +186,8 @@ def compare(
     labels = label_set(list(train) + test)
     who = "base " if tuned is not None else ""  # a lone model is just scored, not called "base"
     variants = [Variant("base", f"{who}(zero-shot)", base, adapters=not shared_weights)]
-    shots = pick_shots(train, eval_cfg.few_shot, seed)
+    text_only = bool(test) and all(e.kind == "text" for e in test)
+    shots = [] if text_only else pick_shots(train, eval_cfg.few_shot, seed)
     if shots:
         variants.append(
             Variant("base_few_shot", f"{who}({len(shots)}-shot)", base, not shared_weights, shots)
