@@ -129,7 +129,9 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
     losses = [r["loss"] for r in ft.run.read_metrics() if "loss" in r]
     return {
         "estimated_peak_bytes": est.peak_bytes if est else None,
-        "estimated_train_seconds": est.seconds_per_epoch * args.epochs if est and est.seconds_per_epoch else None,
+        "estimated_train_seconds": est.seconds_per_epoch * args.epochs
+        if est and est.seconds_per_epoch
+        else None,
         "train_seconds": dt,
         "real_tokens": real * args.epochs,
         "steps": res.steps,

@@ -237,7 +237,9 @@ def test_dpo_job_learns_from_feedback_pairs_and_mismatched_files_are_refused(tmp
         val = c.files.create(file=("pairs-val.jsonl", held_out.read_bytes()), purpose="fine-tune")
         chat_file = c.files.create(file=("chat.jsonl", chat.read_bytes()), purpose="fine-tune")
         dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 3}}}
-        job = c.fine_tuning.jobs.create(model="tiny", training_file=train.id, validation_file=val.id, method=dpo)
+        job = c.fine_tuning.jobs.create(
+            model="tiny", training_file=train.id, validation_file=val.id, method=dpo
+        )
         assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.5
         on_chat = c.fine_tuning.jobs.create(model="tiny", training_file=chat_file.id, method=dpo)
         supervised_on_pairs = c.fine_tuning.jobs.create(model="tiny", training_file=train.id)
@@ -254,7 +256,11 @@ def test_dpo_job_learns_from_feedback_pairs_and_mismatched_files_are_refused(tmp
         assert done.status == "succeeded", done.error
         assert done.method.dpo.hyperparameters.batch_size == 8  # "auto" resolved
         evals = sorted(
-            (e.data for e in c.fine_tuning.jobs.list_events(job.id, limit=100) if e.data and "valid_loss" in e.data),
+            (
+                e.data
+                for e in c.fine_tuning.jobs.list_events(job.id, limit=100)
+                if e.data and "valid_loss" in e.data
+            ),
             key=lambda d: d["step"],
         )
         assert evals[-1]["valid_reward_accuracy"] >= 0.9

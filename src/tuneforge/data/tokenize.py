@@ -54,6 +54,12 @@ class TokenizeReport:
     def summary(self) -> dict[str, int]:
         return {k: v for k, v in self.__dict__.items() if k != "rejects"}
 
+    def reject(
+        self, reason: str, ex: Example, field: str | None = None, action: str = "dropped", keep: bool = True
+    ) -> None:
+        """Keep a dropped (or cut, or split) example with its reason; `keep=False` leaves the record out."""
+        self.rejects.append(Reject("tokenize", reason, ex.source, field, ex if keep else None, action))
+
 
 # ----------------------------------------------------------------------------------- example → conversation
 def label_set(examples: Sequence[Example]) -> list[str]:
@@ -227,30 +233,21 @@ def tokenize_examples(
     for idx, ex in enumerate(examples):
         if ex.kind == "preference" and ex.chosen is None and ex.desirable is False:
             rep.skipped_undesirable += 1
-            rep.rejects.append(
-                Reject(
-                    "tokenize",
-                    f"{split}: undesirable answer (label false) is not used for supervised training",
-                    ex.source,
-                    "label",
-                    ex,
-                )
+            rep.reject(
+                f"{split}: undesirable answer (label false) is not used for supervised training", ex, "label"
             )
             continue
         seqs = tokenize_example(ex, tok, cfg, labels)
         if ex.kind == "text":
             if len(seqs) > 1:
                 rep.chunked_texts += 1
-                rep.rejects.append(
-                    Reject(
-                        "tokenize",
-                        f"{split}: text of {sum(map(len, seqs))} tokens split into {len(seqs)} "
-                        f"chunks of at most {cfg.max_length}",
-                        ex.source,
-                        "text",
-                        None,
-                        action="split",
-                    )
+                rep.reject(
+                    f"{split}: text of {sum(map(len, seqs))} tokens split into {len(seqs)} chunks of at most "
+                    f"{cfg.max_length}",
+                    ex,
+                    "text",
+                    action="split",
+                    keep=False,
                 )
             for s in seqs:
                 s.index = idx
@@ -260,56 +257,28 @@ def tokenize_examples(
         seq.index = idx
         if seq.n_target == 0:
             rep.dropped_no_target += 1
-            rep.rejects.append(
-                Reject(
-                    "tokenize",
-                    f"{split}: no tokens to train on (every answer has weight 0)",
-                    ex.source,
-                    "messages",
-                    ex,
-                )
-            )
+            rep.reject(f"{split}: no tokens to train on (every answer has weight 0)", ex, "messages")
             continue
         if len(seq) > cfg.max_length:
             too_long.append((len(seq), ex))
             if cfg.truncation == "drop":
                 rep.dropped_too_long += 1
-                rep.rejects.append(
-                    Reject(
-                        "tokenize",
-                        f"{split}: {len(seq)} tokens > data.max_length {cfg.max_length}",
-                        ex.source,
-                        None,
-                        ex,
-                    )
-                )
+                rep.reject(f"{split}: {len(seq)} tokens > data.max_length {cfg.max_length}", ex)
                 continue
             if cfg.truncation == "truncate":
                 kept = sum(1 for w in seq.weights[: cfg.max_length] if w > 0)
                 if kept == 0:
                     rep.dropped_no_target += 1
-                    rep.rejects.append(
-                        Reject(
-                            "tokenize",
-                            f"{split}: truncating {len(seq)} tokens to {cfg.max_length} removes every answer "
-                            "token",
-                            ex.source,
-                            None,
-                            ex,
-                        )
+                    rep.reject(
+                        f"{split}: truncating {len(seq)} tokens to {cfg.max_length} removes every answer token",
+                        ex,
                     )
                     continue
                 rep.truncated += 1
-                rep.rejects.append(
-                    Reject(
-                        "tokenize",
-                        f"{split}: cut from {len(seq)} to {cfg.max_length} tokens; {kept} of {seq.n_target} "
-                        "answer tokens kept",
-                        ex.source,
-                        None,
-                        ex,
-                        action="truncated",
-                    )
+                rep.reject(
+                    f"{split}: cut from {len(seq)} to {cfg.max_length} tokens; {kept} of {seq.n_target} answer tokens kept",
+                    ex,
+                    action="truncated",
                 )
                 seq = Tokenized(
                     seq.input_ids[: cfg.max_length], seq.weights[: cfg.max_length], seq.source, idx

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneforge.data.schema import Example, Message, Reject
+from tuneforge.data.schema import Example, Message
 from tuneforge.data.tokenize import Tokenized, TokenizeReport, tokenize_example
 from tuneforge.errors import DataError
 from tuneforge.train.fused_ce import fused_linear_cross_entropy
@@ -73,7 +73,7 @@ def tokenize_pairs(
     for idx, ex in enumerate(examples):
         if not is_pair(ex):
             rep.dropped_no_target += 1
-            rep.rejects.append(Reject("tokenize", f"{split}: not a preference pair", ex.source, None, ex))
+            rep.reject(f"{split}: not a preference pair", ex)
             continue
         prompt = [Message(m.role, m.content, 0.0, m.tool_calls, m.name, m.tool_call_id) for m in ex.messages]
         seqs = []
@@ -83,9 +83,7 @@ def tokenize_pairs(
         pair = Pair(seqs[0], seqs[1], ex.source, idx)
         if pair.chosen.n_target == 0 or pair.rejected.n_target == 0:
             rep.dropped_no_target += 1
-            rep.rejects.append(
-                Reject("tokenize", f"{split}: an answer of the pair is empty", ex.source, None, ex)
-            )
+            rep.reject(f"{split}: an answer of the pair is empty", ex)
             continue
         if len(pair) > cfg.max_length:
             if cfg.truncation == "raise":
@@ -99,27 +97,10 @@ def tokenize_pairs(
             ]
             if cfg.truncation == "drop" or min(s.n_target for s in cut) == 0:
                 rep.dropped_too_long += 1
-                rep.rejects.append(
-                    Reject(
-                        "tokenize",
-                        f"{split}: pair of {len(pair)} tokens > data.max_length",
-                        ex.source,
-                        None,
-                        ex,
-                    )
-                )
+                rep.reject(f"{split}: pair of {len(pair)} tokens > data.max_length", ex)
                 continue
             rep.truncated += 1
-            rep.rejects.append(
-                Reject(
-                    "tokenize",
-                    f"{split}: pair cut to {cfg.max_length} tokens",
-                    ex.source,
-                    None,
-                    ex,
-                    "truncated",
-                )
-            )
+            rep.reject(f"{split}: pair cut to {cfg.max_length} tokens", ex, action="truncated")
             pair = Pair(cut[0], cut[1], ex.source, idx)
         out.append(pair)
     rep.sequences_out = len(out)
