@@ -119,8 +119,14 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
     )
     ft = FineTune(cfg, overwrite=True)
     ft.setup()
-    # What `tuneforge estimate` would have said, checked against this very run (timing steps are undone).
-    est = ft.estimate(timing=True) if not os.environ.get("BENCH_NO_ESTIMATE") else None
+    if args.estimate:
+        # What `tuneforge estimate` says before the run, in a process of its own as that command is: its timing
+        # steps would otherwise leave their allocations in the training process's peak.
+        est = ft.estimate(timing=True)
+        return {
+            "estimated_peak_bytes": est.peak_bytes,
+            "estimated_train_seconds": est.seconds_per_epoch * args.epochs if est.seconds_per_epoch else None,
+        }
     real = sum(len(s) for s in ft.train_seqs)
     t0 = time.time()
     res = ft.train()
@@ -128,10 +134,6 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
     ft.finish()
     losses = [r["loss"] for r in ft.run.read_metrics() if "loss" in r]
     return {
-        "estimated_peak_bytes": est.peak_bytes if est else None,
-        "estimated_train_seconds": est.seconds_per_epoch * args.epochs
-        if est and est.seconds_per_epoch
-        else None,
         "train_seconds": dt,
         "real_tokens": real * args.epochs,
         "steps": res.steps,
@@ -210,6 +212,9 @@ def run_child(args: argparse.Namespace) -> None:
     variant = args.child
     if variant.startswith("tuneforge"):
         res = child_tuneforge(args, packed=variant == "tuneforge_packed")
+        if args.estimate:
+            Path(args.result).write_text(json.dumps(res))
+            return
     else:
         res = child_trl(args, variant)
     res["peak_memory_bytes"] = peak_memory_bytes()
@@ -302,6 +307,7 @@ def main() -> None:
     )
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--estimate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -335,27 +341,20 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         result = work / "result.json"
         print(f"== {variant}: {VARIANTS[variant]}", flush=True)
-        r = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                variant,
-                "--workdir",
-                str(work),
-                "--result",
-                str(result),
-                *common,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+
+        cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(work), "--result", str(result)]
+        cmd += common
+        estimate = {}
+        if variant.startswith("tuneforge"):
+            r = subprocess.run([*cmd, "--estimate"], env=env, capture_output=True, text=True)
+            if r.returncode == 0:
+                estimate = json.loads(result.read_text())
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             print(r.stderr[-3000:])
             results[variant] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
             continue
-        results[variant] = json.loads(result.read_text())
+        results[variant] = {**json.loads(result.read_text()), **estimate}
         results[variant]["heldout_loss"] = heldout_loss(args, results[variant]["adapter"])
         v = results[variant]
         print(
