@@ -55,3 +55,30 @@ def test_tracking_off_by_default_writes_nothing(tiny_model_dir, capitals_file, t
     ft.cleanup()
     assert not (tmp_path / "run" / "tensorboard").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_run_that_crashes_is_marked_failed_in_mlflow(tiny_model_dir, capitals_file, tmp_path):
+    import mlflow
+    import pytest
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(
+        tiny_model_dir,
+        capitals_file,
+        tmp_path / "run",
+        "train.max_steps=4",
+        "train.num_threads=1",
+        "tracking.backends=[mlflow]",
+        f"tracking.mlflow_uri={uri}",
+        "tracking.experiment=crash",
+    )
+
+    def crash(kind, payload):
+        if kind == "metrics" and payload.get("step") == 2:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_training(cfg, on_event=crash)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id])
+    assert run.info.status == "FAILED"

@@ -733,7 +733,12 @@ def run_training(cfg: RunConfig, **options: Any) -> tuple[TrainResult, FineTune]
     """
     ft = FineTune(cfg, **options)
     ft.setup()
-    result = ft.train()
-    if not result.stopped_by_request:
-        ft.finish()
+    try:
+        result = ft.train()
+        if not result.stopped_by_request:
+            ft.finish()
+    except BaseException:  # a crash or Ctrl-C: the tracked run says so instead of staying "running"
+        if getattr(ft, "tracker", None) is not None:
+            ft.tracker.close(status="FAILED")
+        raise
     return result, ft
