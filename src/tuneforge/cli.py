@@ -452,7 +452,7 @@ def sweep(
     spec: Annotated[
         Path,
         typer.Argument(
-            help="Sweep file (YAML): base config, sampler, search space. See examples/sweep.yaml."
+            help="Sweep file (YAML): base config, sampler, search space. See examples/sweeps/tickets.yaml."
         ),
     ],
     set_: Annotated[

@@ -68,7 +68,7 @@ class SweepConfig(BaseModel):
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, RunConfig]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"sweep file {p} does not exist", "start from examples/sweep.yaml")
+        raise ConfigError(f"sweep file {p} does not exist", "start from examples/sweeps/tickets.yaml")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -79,7 +79,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{p}: `{loc}`: {err['msg']}", "see examples/sweep.yaml") from None
+        raise ConfigError(f"{p}: `{loc}`: {err['msg']}", "see examples/sweeps/tickets.yaml") from None
     if not sweep.space:
         raise ConfigError(f"{p}: the search space is empty", "add keys under `space:`")
     base_path = Path(sweep.config)
