@@ -48,7 +48,7 @@ def test_experiment_commands_fail_with_one_line(tmp_path, capsys, tiny_model_dir
     code, _, err = run_cli(["decide", str(tmp_path / "no-run")], capsys)
     _assert_one_line_error(code, err, "does not exist", "tuneforge train")
     code, _, err = run_cli(["sweep", str(tmp_path / "no-sweep.yaml")], capsys)
-    _assert_one_line_error(code, err, "does not exist", "examples/sweep.yaml")
+    _assert_one_line_error(code, err, "does not exist", "examples/sweeps/tickets.yaml")
     cfg = _config(tmp_path, str(tiny_model_dir))
     code, _, err = run_cli(["kfold", cfg, "--k", "1"], capsys)
     _assert_one_line_error(code, err, "k >= 2")
