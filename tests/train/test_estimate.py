@@ -81,3 +81,21 @@ def test_memory_check_can_be_switched_off(tiny_model_dir, capitals_file, tmp_pat
     ft = FineTune(cfg)
     ft.setup()
     assert ft.train().steps == 1
+
+
+def test_a_preference_pair_counts_as_two_rows(tiny_model_dir, tmp_path):
+    """DPO runs chosen and rejected through the model together: its largest micro-batch has about twice the
+    tokens of SFT on the chosen answers of the same pairs."""
+    from tests.conftest import write_jsonl
+    from tests.train.test_preference import preference_rows
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(32))
+    common = ("method.name=lora", "train.batch_size=4", "train.max_steps=2", "data.split.test=0.0")
+    tokens = {}
+    for name in ("sft", "dpo"):
+        cfg = tiny_config(tiny_model_dir, pairs, tmp_path / name, *common, f"objective={name}")
+        ft = FineTune(cfg, overwrite=True)
+        ft.setup()
+        tokens[name] = ft.estimate().largest_micro_batch_tokens
+        ft.cleanup()
+    assert tokens["dpo"] >= 1.8 * tokens["sft"]

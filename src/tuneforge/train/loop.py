@@ -221,10 +221,11 @@ class FineTune:
         t = self.cfg.train
         steps = range(self.steps_per_epoch)
         shapes, step_tokens, targets = [], [], 0
+        per_item = 2 if self.objective.pairs else 1  # a preference pair is two rows (chosen, rejected)
         for step in steps:
             n = 0
             for mb in self.micro_batches(step):
-                rows, length = len(mb), max(len(self.train_seqs[i]) for i in mb)
+                rows, length = per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
                 shapes.append((rows, length))
                 targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
                 n += rows * length
