@@ -337,7 +337,8 @@ class FineTune:
     def micro_batches(self, step: int) -> list[list[int]]:
         """The micro-batches (lists of example indices) of optimizer step `step` — a pure function."""
         t = self.cfg.train
-        lengths = [len(s) for s in self.train_seqs]
+        per_item = 2 if self.objective.pairs else 1  # a pair runs as two rows: it fills twice the token budget
+        lengths = [per_item * len(s) for s in self.train_seqs]
         out = []
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
             epoch, pos = divmod(k, self.batches_per_epoch)
