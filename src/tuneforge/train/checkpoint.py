@@ -164,3 +164,40 @@ def load_checkpoint(
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return LoopState(**json.loads((path / "state.json").read_text()))
+
+
+class Checkpointed:
+    """What the LM and the classification recipes share: the checkpoint written every `save_every` steps, the
+    trained artifact written atomically, and the metrics row appended to metrics.jsonl and sent as an event.
+
+    The recipe holds run (RunDir), accelerator, model, optimizer, scheduler, state (LoopState), cfg, spec
+    (MethodSpec) and on_event, and says what else goes into its artifact folder (`artifact_extras`)."""
+
+    def save_checkpoint(self) -> None:
+        path = save_checkpoint(
+            self.run.checkpoints,
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            self.state,
+            self.cfg.fingerprint(),
+            self.cfg.train.keep_checkpoints,
+        )
+        self.on_event("checkpoint", {"step": self.state.step, "path": str(path)})
+
+    def save_artifact(self, out: Path) -> None:
+        """The trained result in its standard form (PEFT adapter, or a full model folder) + tokenizer."""
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.spec.save(self.accelerator.unwrap_model(self.model), tmp)
+        self.artifact_extras(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+
+    def artifact_extras(self, folder: Path) -> None:
+        """Files saved next to the weights (the tokenizer; the label names for a classifier)."""
+
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.run.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.on_event("metrics", row)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from collections import Counter
@@ -109,7 +108,7 @@ def predict_rows(model, tok, rows, batch_size: int, autocast=contextlib.nullcont
     return logits, torch.tensor([r[1] for r in rows], dtype=torch.long)
 
 
-class Classify:
+class Classify(ckpt.Checkpointed):
     """One classification run; the same options as train.loop.FineTune."""
 
     def __init__(
@@ -278,11 +277,6 @@ class Classify:
             "seconds": time.time() - t0,
         }
 
-    def _log(self, row: dict[str, Any]) -> None:
-        with open(self.run.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.on_event("metrics", row)
-
     # ------------------------------------------------------------------------------------------ validation
     def predict(self, rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, label indices) for encoded rows, in order."""
@@ -313,26 +307,9 @@ class Classify:
         return stop
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
-        path = ckpt.save_checkpoint(
-            self.run.checkpoints,
-            self.accelerator.unwrap_model(self.model),
-            self.optimizer,
-            self.scheduler,
-            self.state,
-            self.cfg.fingerprint(),
-            self.cfg.train.keep_checkpoints,
-        )
-        self.on_event("checkpoint", {"step": self.state.step, "path": str(path)})
-
-    def save_artifact(self, out: Path) -> None:
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.spec.save(self.accelerator.unwrap_model(self.model), tmp)
-        self.tokenizer.save_pretrained(tmp)
-        (tmp / LABELS).write_text(json.dumps(self.labels))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+    def artifact_extras(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(folder)
+        (folder / LABELS).write_text(json.dumps(self.labels))
 
     def finish(self) -> Path:
         """The final artifact: the best validated weights (loaded back for evaluation), else the last ones."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -82,7 +81,7 @@ def new_accelerator(precision: str, cpu: bool) -> Accelerator:
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
-class FineTune:
+class FineTune(ckpt.Checkpointed):
     """One run. `should_stop` is polled every step (cancel/pause from the service); `on_event` receives
     "message", "metrics" and "checkpoint" events. The message announcing the start of training carries
     `total_steps`."""
@@ -337,7 +336,9 @@ class FineTune:
     def micro_batches(self, step: int) -> list[list[int]]:
         """The micro-batches (lists of example indices) of optimizer step `step` — a pure function."""
         t = self.cfg.train
-        per_item = 2 if self.objective.pairs else 1  # a pair runs as two rows: it fills twice the token budget
+        per_item = (
+            2 if self.objective.pairs else 1
+        )  # a pair runs as two rows: it fills twice the token budget
         lengths = [per_item * len(s) for s in self.train_seqs]
         out = []
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
@@ -482,11 +483,6 @@ class FineTune:
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def _log(self, row: dict[str, Any]) -> None:
-        with open(self.run.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.on_event("metrics", row)
-
     # ------------------------------------------------------------------------------------------ validation
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
@@ -529,30 +525,12 @@ class FineTune:
         return stop
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
-        path = ckpt.save_checkpoint(
-            self.run.checkpoints,
-            self.accelerator.unwrap_model(self.model),
-            self.optimizer,
-            self.scheduler,
-            self.state,
-            self.cfg.fingerprint(),
-            self.cfg.train.keep_checkpoints,
-        )
-        self.on_event("checkpoint", {"step": self.state.step, "path": str(path)})
-
     @property
     def _best_state(self) -> Path:
         return self.run.checkpoints / "best-trainable.safetensors"
 
-    def save_artifact(self, out: Path) -> None:
-        """The trained result in its standard form (PEFT adapter, or a full model folder) + tokenizer."""
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.spec.save(self.accelerator.unwrap_model(self.model), tmp)
-        self.lm.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+    def artifact_extras(self, folder: Path) -> None:
+        self.lm.tokenizer.save_pretrained(folder)
 
     def finish(self) -> Path:
         """Write the final artifact: the best validated weights if there was validation, else the last ones."""
