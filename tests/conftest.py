@@ -79,21 +79,23 @@ CAPITALS = {
 }
 
 
+ASKS = [  # ways of asking for a capital
+    "Capital of {c}?",
+    "What is the capital of {c}?",
+    "{c}: capital city?",
+    "Name the capital of {c}.",
+    "Which city is the capital of {c}?",
+    "capital {c}",
+    "Tell me {c}'s capital.",
+    "{c} capital please",
+]
+
+
 def capitals_records(n: int = 64, seed: int = 0) -> list[dict]:
     """A toy task a tiny model learns in seconds: name the capital, phrased a few ways."""
     rng = random.Random(seed)
-    asks = [
-        "Capital of {c}?",
-        "What is the capital of {c}?",
-        "{c}: capital city?",
-        "Name the capital of {c}.",
-        "Which city is the capital of {c}?",
-        "capital {c}",
-        "Tell me {c}'s capital.",
-        "{c} capital please",
-    ]
     rows = []
-    pairs = [(c, a) for c in CAPITALS for a in asks]
+    pairs = [(c, a) for c in CAPITALS for a in ASKS]
     rng.shuffle(pairs)
     for c, a in pairs[:n]:
         rows.append(

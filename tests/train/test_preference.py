@@ -7,20 +7,9 @@ import random
 
 import pytest
 
-from tests.conftest import CAPITALS, tiny_config, write_jsonl
+from tests.conftest import ASKS, CAPITALS, tiny_config, write_jsonl
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.train.loop import FineTune, run_training
-
-ASKS = [
-    "Capital of {c}?",
-    "What is the capital of {c}?",
-    "{c}: capital city?",
-    "Name the capital of {c}.",
-    "Which city is the capital of {c}?",
-    "capital {c}",
-    "Tell me {c}'s capital.",
-    "{c} capital please",
-]
 
 
 def preference_rows(n: int = 64, seed: int = 0) -> list[dict]:
@@ -40,19 +29,12 @@ def pref_file(tmp_path):
     return write_jsonl(tmp_path / "prefs.jsonl", preference_rows())
 
 
-def _evals(run_dir):
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "val_loss" in r], [r for r in rows if "loss" in r]
-
-
-def test_dpo_margin_and_preference_accuracy_rise_on_held_out_pairs(tiny_model_dir, pref_file, tmp_path):
-    cfg = tiny_config(
+def _pref_config(tiny_model_dir, pref_file, tmp_path, *overrides):
+    return tiny_config(
         tiny_model_dir,
         pref_file,
         tmp_path / "run",
-        "method.name=lora",
-        "method.r=8",
-        "objective=dpo",
+        *overrides,
         "objective.beta=0.5",
         "train.learning_rate=1e-2",
         "train.max_steps=12",
@@ -60,6 +42,15 @@ def test_dpo_margin_and_preference_accuracy_rise_on_held_out_pairs(tiny_model_di
         "data.split.test=0.0",
         "data.split.validation=0.25",
     )
+
+
+def _evals(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "val_loss" in r], [r for r in rows if "loss" in r]
+
+
+def test_dpo_margin_and_preference_accuracy_rise_on_held_out_pairs(tiny_model_dir, pref_file, tmp_path):
+    cfg = _pref_config(tiny_model_dir, pref_file, tmp_path, "objective=dpo", "method.name=lora", "method.r=8")
     run_training(cfg)
     evals, steps = _evals(tmp_path / "run")
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=0.02)  # the model is its own reference at step 0
@@ -70,18 +61,7 @@ def test_dpo_margin_and_preference_accuracy_rise_on_held_out_pairs(tiny_model_di
 
 
 def test_orpo_learns_without_a_reference_and_with_full_weights(tiny_model_dir, pref_file, tmp_path):
-    cfg = tiny_config(
-        tiny_model_dir,
-        pref_file,
-        tmp_path / "run",
-        "objective=orpo",
-        "objective.beta=0.5",
-        "train.learning_rate=1e-2",
-        "train.max_steps=12",
-        "train.eval_every=4",
-        "data.split.test=0.0",
-        "data.split.validation=0.25",
-    )
+    cfg = _pref_config(tiny_model_dir, pref_file, tmp_path, "objective=orpo")
     run_training(cfg)
     evals, steps = _evals(tmp_path / "run")
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"]
