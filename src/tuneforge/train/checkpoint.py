@@ -197,6 +197,34 @@ class Checkpointed:
     def artifact_extras(self, folder: Path) -> None:
         """Files saved next to the weights (the tokenizer; the label names for a classifier)."""
 
+    def reload_best(self) -> None:
+        """Put the best validated weights back into the model (evaluation follows and must see them)."""
+
+    def finish(self) -> Path:
+        """Write the final artifact: the best validated weights if there was validation, else the last ones;
+        and train_done.json with the run's counters."""
+        target = self.run.artifact(self.spec.artifact)
+        if self.state.best_step is not None and self.run.best.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(self.run.best, target)
+            if self.state.best_step != self.state.step:
+                self.reload_best()
+        else:
+            self.save_artifact(target)
+        info = {
+            "steps": self.state.step,
+            "best_step": self.state.best_step,
+            "best_val_loss": self.state.best_val_loss,
+            "stopped_early": self.state.stopped_early,
+            "tokens_seen": self.state.tokens_seen,
+            "train_seconds": round(self.state.elapsed_s, 1),
+            "artifact": target.name,
+        }
+        self.run.done.write_text(json.dumps(info, indent=1))
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close(info)
+        return target
+
     def _log(self, row: dict[str, Any]) -> None:
         with open(self.run.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")

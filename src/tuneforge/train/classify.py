@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -311,27 +310,8 @@ class Classify(ckpt.Checkpointed):
         self.tokenizer.save_pretrained(folder)
         (folder / LABELS).write_text(json.dumps(self.labels))
 
-    def finish(self) -> Path:
-        """The final artifact: the best validated weights (loaded back for evaluation), else the last ones."""
-        target = self.run.artifact(self.spec.artifact)
-        if self.state.best_step is not None and self.run.best.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(self.run.best, target)
-            if self.state.best_step != self.state.step:
-                self.model = load_run_classifier(self.run.root, self.cfg)[0].to(self.device_)
-        else:
-            self.save_artifact(target)
-        info = {
-            "steps": self.state.step,
-            "best_step": self.state.best_step,
-            "best_val_loss": self.state.best_val_loss,
-            "stopped_early": self.state.stopped_early,
-            "tokens_seen": self.state.tokens_seen,
-            "train_seconds": round(self.state.elapsed_s, 1),
-            "artifact": target.name,
-        }
-        self.run.done.write_text(json.dumps(info, indent=1))
-        return target
+    def reload_best(self) -> None:
+        self.model = load_run_classifier(self.run.root, self.cfg)[0].to(self.device_)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, examples=None) -> dict[str, Any]:

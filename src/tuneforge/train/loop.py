@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -532,32 +531,11 @@ class FineTune(ckpt.Checkpointed):
     def artifact_extras(self, folder: Path) -> None:
         self.lm.tokenizer.save_pretrained(folder)
 
-    def finish(self) -> Path:
-        """Write the final artifact: the best validated weights if there was validation, else the last ones."""
-        target = self.run.artifact(self.spec.artifact)
-        if self.state.best_step is not None and self.run.best.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(self.run.best, target)
-            if self.state.best_step != self.state.step and self._best_state.is_file():
-                # Evaluation after training must see the weights that were kept, not the last ones.
-                ckpt.load_trainable_state(
-                    self.accelerator.unwrap_model(self.model), load_file(str(self._best_state))
-                )
-        else:
-            self.save_artifact(target)
-        info = {
-            "steps": self.state.step,
-            "best_step": self.state.best_step,
-            "best_val_loss": self.state.best_val_loss,
-            "stopped_early": self.state.stopped_early,
-            "tokens_seen": self.state.tokens_seen,
-            "train_seconds": round(self.state.elapsed_s, 1),
-            "artifact": target.name,
-        }
-        self.run.done.write_text(json.dumps(info, indent=1))
-        if getattr(self, "tracker", None) is not None:
-            self.tracker.close(info)
-        return target
+    def reload_best(self) -> None:
+        if self._best_state.is_file():
+            ckpt.load_trainable_state(
+                self.accelerator.unwrap_model(self.model), load_file(str(self._best_state))
+            )
 
     def cleanup(self) -> None:
         if getattr(self, "tracker", None) is not None:
