@@ -176,6 +176,8 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict
             )
         t0 = time.time()
         result, ft = run_training(cfg, overwrite=True, on_event=on_event, should_stop=lambda: state["prune"])
+        # A trial judged poor at its last evaluation has already trained every step: it is complete, not pruned.
+        state["prune"] = result.stopped_by_request
         ft.cleanup()
         del ft
         gc.collect()
