@@ -59,4 +59,10 @@ def test_measured_augmentation_trains_twice_on_the_same_held_out_split(
     assert a["train_examples"] == 2 * o["train_examples"] and a["steps"] > o["steps"]
     for k, d in report["delta"].items():
         assert abs(d - (a["headline"][k] - o["headline"][k])) < 1e-9
-    assert "| training examples |" in (tmp_path / "aug" / "augment.md").read_text()
+    # the control: the original split trained for as many steps as the augmented one
+    same = report["runs"]["original_same_steps"]
+    assert same["steps"] == a["steps"] and same["train_examples"] == o["train_examples"]
+    for k, d in report["delta_same_steps"].items():
+        assert abs(d - (a["headline"][k] - same["headline"][k])) < 1e-9
+    md = (tmp_path / "aug" / "augment.md").read_text()
+    assert "| training examples |" in md and "| original, as many steps |" in md

@@ -197,8 +197,31 @@ def augment(
                 fixed_split_config(cfg, out / name, tf, files["validation"], files["test"], dedupe="exact"),
                 show,
             )
-        a, b = report["runs"]["original"]["headline"], report["runs"]["augmented"]["headline"]
-        report["delta"] = {k: b[k] - a[k] for k in a if k in b}
+        # More examples at the same epochs is also more steps: train the original as long as the augmented run,
+        # so that the effect of the added examples is told apart from the effect of training longer.
+        steps = report["runs"]["augmented"]["steps"]
+        if steps > report["runs"]["original"]["steps"]:
+            longer = fixed_split_config(
+                cfg,
+                out / "original-same-steps",
+                files["train"],
+                files["validation"],
+                files["test"],
+                dedupe="exact",
+            )
+            longer = longer.model_copy(
+                update={
+                    "train": longer.train.model_copy(
+                        update={"max_steps": steps, "early_stopping_patience": None}
+                    )
+                }
+            )
+            report["runs"]["original_same_steps"] = _train_and_score(longer, show)
+        b = report["runs"]["augmented"]["headline"]
+        for key, run in (("delta", "original"), ("delta_same_steps", "original_same_steps")):
+            if run in report["runs"]:
+                a = report["runs"][run]["headline"]
+                report[key] = {k: b[k] - a[k] for k in a if k in b}
         (out / "augment.md").write_text(markdown(report))
         if show:
             print_augment(report, console)
@@ -234,39 +257,59 @@ def _train_and_score(cfg: RunConfig, show: bool) -> dict[str, Any]:
     return row
 
 
+RUN_TITLES = {
+    "original": "original",
+    "original_same_steps": "original, as many steps",
+    "augmented": "augmented",
+}
+
+
+def comparison(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The effect table: one column per run, then the change against the original at the same epochs and, when
+    the augmented run took more steps, against the original trained for as many steps."""
+    runs = [k for k in RUN_TITLES if k in report["runs"]]
+    header = ["metric", *(RUN_TITLES[k] for k in runs), "change"]
+    if "delta_same_steps" in report:
+        header.append("change vs as many steps")
+    r = [report["runs"][k] for k in runs]
+    rows = [
+        ["training examples", *(str(x["train_examples"]) for x in r), ""],
+        ["steps", *(str(x["steps"]) for x in r), ""],
+    ]
+    if all(x["best_val_loss"] is not None for x in r):
+        aug, orig = report["runs"]["augmented"]["best_val_loss"], report["runs"]["original"]["best_val_loss"]
+        rows.append(["best validation loss", *(f"{x['best_val_loss']:.3f}" for x in r), f"{aug - orig:+.3f}"])
+        if "delta_same_steps" in report:
+            rows[-1].append(f"{aug - report['runs']['original_same_steps']['best_val_loss']:+.3f}")
+    for k, d in report["delta"].items():
+        row = [k, *(f"{x['headline'][k]:.1f}" for x in r), f"{d:+.1f}"]
+        if "delta_same_steps" in report:
+            row.append(f"{report['delta_same_steps'][k]:+.1f}")
+        rows.append(row)
+    width = len(header)
+    return header, [row + [""] * (width - len(row)) for row in rows]
+
+
 def markdown(report: dict[str, Any]) -> str:
-    o, a = report["runs"]["original"], report["runs"]["augmented"]
+    header, rows = comparison(report)
     lines = [
         f"Augmentation: {report['train']} training examples + {sum(report['added'].values())} added "
         f"({report['added']}); held-out test split unchanged.",
         "",
-        "| metric | original | augmented | change |",
-        "| --- | ---: | ---: | ---: |",
-        f"| training examples | {o['train_examples']} | {a['train_examples']} | |",
-        f"| steps | {o['steps']} | {a['steps']} | |",
-        f"| best validation loss | {o['best_val_loss']:.3f} | {a['best_val_loss']:.3f} | "
-        f"{a['best_val_loss'] - o['best_val_loss']:+.3f} |",
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
     ]
-    for k, d in report["delta"].items():
-        lines.append(f"| {k} | {o['headline'][k]:.1f} | {a['headline'][k]:.1f} | {d:+.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def print_augment(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    o, a = report["runs"]["original"], report["runs"]["augmented"]
+    header, rows = comparison(report)
     t = Table(title="Effect of augmentation on the held-out test split")
-    for c in ("metric", "original", "augmented", "change"):
+    for c in header:
         t.add_column(c, justify="left" if c == "metric" else "right")
-    t.add_row("training examples", str(o["train_examples"]), str(a["train_examples"]), "")
-    if o["best_val_loss"] is not None and a["best_val_loss"] is not None:
-        t.add_row(
-            "best validation loss",
-            f"{o['best_val_loss']:.3f}",
-            f"{a['best_val_loss']:.3f}",
-            f"{a['best_val_loss'] - o['best_val_loss']:+.3f}",
-        )
-    for k, d in report["delta"].items():
-        t.add_row(k, f"{o['headline'][k]:.1f}", f"{a['headline'][k]:.1f}", f"{d:+.1f}")
+    for row in rows:
+        t.add_row(*row)
     console.print(t)
