@@ -8,20 +8,28 @@ from tests.conftest import tiny_config
 from tuneforge.train.loop import run_training
 
 
-def test_metrics_go_to_tensorboard_and_mlflow(tiny_model_dir, capitals_file, tmp_path):
-    import mlflow
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def _tracked(tiny_model_dir, capitals_file, tmp_path, experiment: str, backends: str, *overrides: str):
+    """(MLflow store URI, config) of a one-thread tiny run tracked to `backends` in a store beside it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config(
         tiny_model_dir,
         capitals_file,
         tmp_path / "run",
-        "train.epochs=2",
+        *overrides,
         "train.num_threads=1",
-        "tracking.backends=[tensorboard, mlflow]",
+        f"tracking.backends={backends}",
         f"tracking.mlflow_uri={uri}",
-        "tracking.experiment=capitals",
+        f"tracking.experiment={experiment}",
+    )
+    return uri, cfg
+
+
+def test_metrics_go_to_tensorboard_and_mlflow(tiny_model_dir, capitals_file, tmp_path):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri, cfg = _tracked(
+        tiny_model_dir, capitals_file, tmp_path, "capitals", "[tensorboard, mlflow]", "train.epochs=2"
     )
     result, ft = run_training(cfg)
     ft.cleanup()
@@ -61,17 +69,7 @@ def test_a_run_that_crashes_is_marked_failed_in_mlflow(tiny_model_dir, capitals_
     import mlflow
     import pytest
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tiny_config(
-        tiny_model_dir,
-        capitals_file,
-        tmp_path / "run",
-        "train.max_steps=4",
-        "train.num_threads=1",
-        "tracking.backends=[mlflow]",
-        f"tracking.mlflow_uri={uri}",
-        "tracking.experiment=crash",
-    )
+    uri, cfg = _tracked(tiny_model_dir, capitals_file, tmp_path, "crash", "[mlflow]", "train.max_steps=4")
 
     def crash(kind, payload):
         if kind == "metrics" and payload.get("step") == 2:

@@ -80,6 +80,10 @@ class Example:
         last = max((i for i, m in enumerate(msgs) if m.role == "assistant"), default=None)
         return msgs if last is None else msgs[:last]
 
+    def is_pair(self) -> bool:
+        """A preference record with both a chosen and a rejected answer (what DPO/ORPO train on)."""
+        return self.kind == "preference" and bool(self.chosen) and bool(self.rejected)
+
     def answer(self) -> str | None:
         """The reference answer: the last assistant turn, the label, or the chosen reply."""
         if self.kind == "classification":

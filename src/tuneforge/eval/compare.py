@@ -70,7 +70,7 @@ def with_shots(prompt: list[Message], shots: Sequence[list[Message]]) -> list[Me
 def run_variant(
     v: Variant, examples: Sequence[Example], data_cfg: DataConfig, eval_cfg: EvalConfig, labels: Sequence[str]
 ) -> dict[str, Any]:
-    if examples and all(e.kind == "text" for e in examples):
+    if raw_text(examples):
         return score_by_loss(v, examples, data_cfg)
     shot_convs = [conversation(s, data_cfg, labels) for s in v.shots]
     convs = [with_shots(prompt_of(e, data_cfg, labels), shot_convs) for e in examples]
@@ -105,6 +105,11 @@ def run_variant(
         "completion_tokens_mean": sum(g.completion_tokens for g in gens) / max(len(gens), 1),
         "shots": len(v.shots),
     }
+
+
+def raw_text(examples: Sequence[Example]) -> bool:
+    """A test split of raw text only (continued pre-training): scored by loss, with no questions or shots."""
+    return bool(examples) and all(e.kind == "text" for e in examples)
 
 
 def score_by_loss(v: Variant, examples: Sequence[Example], data_cfg: DataConfig) -> dict[str, Any]:
@@ -186,8 +191,7 @@ def compare(
     labels = label_set(list(train) + test)
     who = "base " if tuned is not None else ""  # a lone model is just scored, not called "base"
     variants = [Variant("base", f"{who}(zero-shot)", base, adapters=not shared_weights)]
-    text_only = bool(test) and all(e.kind == "text" for e in test)
-    shots = [] if text_only else pick_shots(train, eval_cfg.few_shot, seed)
+    shots = [] if raw_text(test) else pick_shots(train, eval_cfg.few_shot, seed)
     if shots:
         variants.append(
             Variant("base_few_shot", f"{who}({len(shots)}-shot)", base, not shared_weights, shots)

@@ -192,23 +192,19 @@ def augment(
         )
     if measure:
         report["runs"] = {}
-        for name, tf in (("original", files["train"]), ("augmented", files["augmented_train"])):
-            report["runs"][name] = _train_and_score(
-                fixed_split_config(cfg, out / name, tf, files["validation"], files["test"], dedupe="exact"),
-                show,
+
+        def run_config(name: str, train_file: Path) -> RunConfig:
+            return fixed_split_config(
+                cfg, out / name, train_file, files["validation"], files["test"], dedupe="exact"
             )
+
+        for name, tf in (("original", files["train"]), ("augmented", files["augmented_train"])):
+            report["runs"][name] = _train_and_score(run_config(name, tf), show)
         # More examples at the same epochs is also more steps: train the original as long as the augmented run,
         # so that the effect of the added examples is told apart from the effect of training longer.
         steps = report["runs"]["augmented"]["steps"]
         if steps > report["runs"]["original"]["steps"]:
-            longer = fixed_split_config(
-                cfg,
-                out / "original-same-steps",
-                files["train"],
-                files["validation"],
-                files["test"],
-                dedupe="exact",
-            )
+            longer = run_config("original-same-steps", files["train"])
             longer = longer.model_copy(
                 update={
                     "train": longer.train.model_copy(

@@ -62,7 +62,7 @@ def check_method_fits(checked: CheckedFile, method_type: str, param: str, label:
     """DPO trains on preference pairs, supervised jobs on conversations: a file of the other kind fails the job
     with the method it would suit."""
     if method_type == "dpo":
-        unpaired = [i for i, ex in enumerate(checked.examples) if ex.chosen is None or ex.rejected is None]
+        unpaired = [i for i, ex in enumerate(checked.examples) if not ex.is_pair()]
         if checked.format != "preference" or unpaired:
             raise JobError(
                 "invalid_file_format",

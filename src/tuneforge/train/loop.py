@@ -219,11 +219,10 @@ class FineTune(ckpt.Checkpointed):
         t = self.cfg.train
         steps = range(self.steps_per_epoch)
         shapes, step_tokens, targets = [], [], 0
-        per_item = 2 if self.objective.pairs else 1  # a preference pair is two rows (chosen, rejected)
         for step in steps:
             n = 0
             for mb in self.micro_batches(step):
-                rows, length = per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
+                rows, length = self.rows_per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
                 shapes.append((rows, length))
                 targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
                 n += rows * length
@@ -335,16 +334,18 @@ class FineTune(ckpt.Checkpointed):
     def micro_batches(self, step: int) -> list[list[int]]:
         """The micro-batches (lists of example indices) of optimizer step `step` — a pure function."""
         t = self.cfg.train
-        per_item = (
-            2 if self.objective.pairs else 1
-        )  # a pair runs as two rows: it fills twice the token budget
-        lengths = [per_item * len(s) for s in self.train_seqs]
+        lengths = [self.rows_per_item * len(s) for s in self.train_seqs]  # a pair fills twice the budget
         out = []
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
             epoch, pos = divmod(k, self.batches_per_epoch)
             order = self._epoch_order(epoch, lengths)
             out.extend(split_by_tokens(order[pos], lengths, self.micro_budget))
         return out
+
+    @property
+    def rows_per_item(self) -> int:
+        """Model rows per training item: a preference pair runs as two (chosen, rejected)."""
+        return 2 if self.objective.pairs else 1
 
     @property
     def micro_budget(self) -> int | None:

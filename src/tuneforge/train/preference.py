@@ -47,16 +47,12 @@ class Pair:
         return max(len(self.chosen), len(self.rejected))
 
 
-def is_pair(ex: Example) -> bool:
-    return ex.kind == "preference" and bool(ex.chosen) and bool(ex.rejected)
-
-
 def tokenize_pairs(
     examples: Sequence[Example], tok: Any, cfg: Any, labels: Sequence[str] = (), split: str = "train"
 ) -> tuple[list[Pair], TokenizeReport]:
     """Pairs → (prompt + chosen, prompt + rejected) sequences weighted on the answers only."""
     rep = TokenizeReport(examples_in=len(examples))
-    unpaired = [e for e in examples if not is_pair(e)]
+    unpaired = [e for e in examples if not e.is_pair()]
     if unpaired and len(unpaired) == len(examples):
         kinds = sorted(
             {e.kind if e.kind != "preference" else "unpaired feedback (label true/false)" for e in examples}
@@ -71,7 +67,7 @@ def tokenize_pairs(
     pair_cfg = cfg.model_copy(update={"train_on": "assistant"})
     out: list[Pair] = []
     for idx, ex in enumerate(examples):
-        if not is_pair(ex):
+        if not ex.is_pair():
             rep.dropped_no_target += 1
             rep.reject(f"{split}: not a preference pair", ex)
             continue
