@@ -116,3 +116,31 @@ def test_classifier_learns_reports_and_reloads(
     # `tuneforge eval RUN` scores a classifier run with its own evaluation
     again = api.compare_models(str(run), None, show=False)
     assert again["variants"][1]["metrics"]["accuracy"] == pytest.approx(tuned["accuracy"], abs=1e-6)
+
+
+def test_classifier_backbone_is_the_saved_one(tiny_model_dir, tmp_path):
+    """A tied decoder written by save_model_folder (as the GGUF conversion writes it) gives a classification head
+    its trained embeddings; a folder that lacks them is refused instead of training from random embeddings."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.errors import ModelError
+    from tuneforge.models.load import save_model_folder
+    from tuneforge.train.classify import load_classifier
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    out = tmp_path / "converted"
+    save_model_folder(lm, out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    weights = out / "model.safetensors"
+    state = load_file(weights)
+    assert "model.embed_tokens.weight" in state and "lm_head.weight" not in state
+    clf, _ = load_classifier(str(out), ["a", "b"])
+    assert torch.equal(clf.model.embed_tokens.weight, lm.model.embed_tokens.weight)
+    again = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(again.lm_head.weight, lm.lm_head.weight)
+
+    state["lm_head.weight"] = state.pop("model.embed_tokens.weight")  # the layout conversions used to write
+    save_file(state, str(weights))
+    with pytest.raises(ModelError, match="embed_tokens"):
+        load_classifier(str(out), ["a", "b"])

@@ -65,8 +65,13 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(f"objective {objective} needs a language-model method: use method lora")
 
 
+def is_head(name: str) -> bool:
+    """Whether a parameter name belongs to the classification head (bare, or under a peft wrapper)."""
+    return name.split(".")[0] in HEAD_NAMES or ".score." in name or ".classifier." in name
+
+
 def head_params(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if n.split(".")[0] in HEAD_NAMES or ".score." in n]
+    return [p for n, p in model.named_parameters() if is_head(n)]
 
 
 def prepare(model: nn.Module, cfg: ClassifierMethodConfig) -> nn.Module:

@@ -24,6 +24,9 @@ from tuneforge.models.registry import ModelSource, cache_root, offline_alternati
 from tuneforge.progress import Steps
 
 CONVERTED_MARKER = "tuneforge-converted.json"
+# Bumped when the converted folder's layout changes; older folders are converted again. 2: tied embeddings are
+# stored as model.embed_tokens.weight (layout 1 kept lm_head.weight, which heads other than the LM head miss).
+CONVERTED_LAYOUT = 2
 
 
 @dataclass
@@ -70,7 +73,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 # ------------------------------------------------------------------------------------------ saving weights
 def save_model_folder(model: nn.Module, out_dir: Path) -> None:
     """Write a from_pretrained-loadable folder. Works for GGUF-loaded models, which save_pretrained refuses."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,8 +83,22 @@ def save_model_folder(model: nn.Module, out_dir: Path) -> None:
     config.save_pretrained(out_dir)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out_dir)
-    # save_model de-duplicates tied tensors (embeddings shared with the LM head).
-    save_model(model, str(out_dir / "model.safetensors"))
+    save_file(unique_tensors(model), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor once. A tied LM head is stored under the input embedding's name, as
+    transformers does: a model class without the LM head (sequence classification) or another runtime reads the
+    embedding from there and would otherwise start from random embeddings."""
+    state = model.state_dict()
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    preferred = {f"{n}.weight" for n, m in model.named_modules() if embed is not None and m is embed}
+    kept: dict[tuple, str] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key not in kept or name in preferred:
+            kept[key] = name
+    return {name: state[name].contiguous() for name in kept.values()}
 
 
 def load_state_into(model: nn.Module, folder: Path) -> nn.Module:
@@ -128,7 +145,7 @@ def _converted_dir(src: ModelSource) -> Path:
     else:
         st = src.path.stat()
         key = f"{src.path.stem}-{st.st_size}-{int(st.st_mtime)}"
-    return cache_root() / "models" / key
+    return cache_root() / "models" / f"{key}-layout{CONVERTED_LAYOUT}"
 
 
 def ensure_converted(src: ModelSource, steps: Steps | None = None) -> Path:
@@ -175,12 +192,15 @@ def ensure_converted(src: ModelSource, steps: Steps | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         save_model_folder(model, tmp)
         tok.save_pretrained(tmp)
-        (tmp / CONVERTED_MARKER).write_text(json.dumps({"gguf": str(gguf), "source": src.name}))
+        marker = {"gguf": str(gguf), "source": src.name, "layout": CONVERTED_LAYOUT}
+        (tmp / CONVERTED_MARKER).write_text(json.dumps(marker))
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished first: its copy is as good as ours
             shutil.rmtree(tmp, ignore_errors=True)
+        # the same model converted in an older layout (a folder without the -layoutN suffix): ours replaces it
+        shutil.rmtree(out.with_name(out.name.rsplit("-layout", 1)[0]), ignore_errors=True)
     return out
 
 

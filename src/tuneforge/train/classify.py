@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from tuneforge.config import RunConfig
 from tuneforge.data.collate import epoch_batches
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, ModelError
 from tuneforge.methods import registry
+from tuneforge.methods.classifier import is_head
 from tuneforge.models.load import _quiet_transformers, base_path_for, pick_device
 from tuneforge.models.registry import resolve
 from tuneforge.progress import bar, console
@@ -53,13 +54,23 @@ def load_classifier(path: str, labels: list[str], dtype: torch.dtype = torch.flo
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # decoders: the head reads the last non-pad token, so pad must be set
         tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         path,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={lab: i for i, lab in enumerate(labels)},
         dtype=dtype,
+        output_loading_info=True,
     )
+    # Only the fresh head may start random: a backbone weight missing from the checkpoint (a tied embedding saved
+    # under the LM head's name, say) would otherwise train from noise without a word.
+    missing = [k for k in info["missing_keys"] if not is_head(k)]
+    if missing:
+        raise ModelError(
+            f"{path} lacks {len(missing)} backbone weight(s) the classifier needs ({', '.join(missing[:3])})",
+            "re-save the model with transformers' save_pretrained, or delete tuneforge's model cache "
+            "(~/.cache/tuneforge/models) so a bundled model is converted again",
+        )
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
