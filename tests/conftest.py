@@ -141,6 +141,7 @@ def tiny_config(tiny_model_dir: Path, data: Path, run_dir: Path, *overrides: str
             "eval_every": 5,
             "warmup_ratio": 0.0,
             "precision": "fp32",
+            "compile": False,  # tests/train/test_compile.py covers the compiled step
         },
         "eval": {"max_new_tokens": 6, "few_shot": 0, "samples": 2},
     }

@@ -298,6 +298,12 @@ class TrainConfig(Section):
     memory_check: bool = Field(
         True, description="Refuse to start when the predicted peak memory exceeds what the machine has free."
     )
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the decoder layers for the training step. `auto`: for lora and rslora "
+        "runs where a C++ compiler (CPU) or Triton (GPU) is present; the first run on a machine spends ~15 s "
+        "compiling, cached for later runs.",
+    )
     packing: bool = Field(
         False,
         description="Pack several examples into each row of data.max_length tokens (block-diagonal attention: "
