@@ -73,7 +73,7 @@ def peak_memory_bytes() -> int:
 
 # ------------------------------------------------------------------------------------------------- children
 def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
-    from tuneforge.config import build_config
+    from tuneforge.config import apply_overrides, build_config
     from tuneforge.train.loop import FineTune
 
     work = Path(args.workdir)
@@ -93,29 +93,38 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
         )
     )
     cfg = build_config(
-        {
-            "run_dir": str(work / "run"),
-            "seed": args.seed,
-            "model": {"name": args.model, **({"attn_implementation": args.attn} if args.attn else {})},
-            "data": {
-                "train": str(data),
-                "split": {"validation": 0, "test": 0},
-                "clean": {"dedupe": "none"},
-                "max_length": args.max_length,
-                "truncation": "truncate",
+        apply_overrides(
+            {
+                "run_dir": str(work / "run"),
+                "seed": args.seed,
+                "model": {"name": args.model, **({"attn_implementation": args.attn} if args.attn else {})},
+                "data": {
+                    "train": str(data),
+                    "split": {"validation": 0, "test": 0},
+                    "clean": {"dedupe": "none"},
+                    "max_length": args.max_length,
+                    "truncation": "truncate",
+                },
+                "method": {
+                    "name": "lora",
+                    "r": 16,
+                    "alpha": 32,
+                    "dropout": 0.0,
+                    "target_modules": "all-linear",
+                },
+                "train": {
+                    "learning_rate": args.lr,
+                    "epochs": args.epochs,
+                    "batch_size": args.batch,
+                    "warmup_ratio": 0.0,
+                    "scheduler": "linear",
+                    "max_grad_norm": 1.0,
+                    "packing": packed,
+                    "log_every": 1,
+                },
             },
-            "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-            "train": {
-                "learning_rate": args.lr,
-                "epochs": args.epochs,
-                "batch_size": args.batch,
-                "warmup_ratio": 0.0,
-                "scheduler": "linear",
-                "max_grad_norm": 1.0,
-                "packing": packed,
-                "log_every": 1,
-            },
-        }
+            args.tf_set,
+        )
     )
     ft = FineTune(cfg, overwrite=True)
     ft.setup()
@@ -305,6 +314,13 @@ def main() -> None:
     p.add_argument(
         "--only", default=",".join(VARIANTS), help="comma-separated variants: " + ", ".join(VARIANTS)
     )
+    p.add_argument(
+        "--tf-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tuneforge config override for the tuneforge variants (repeatable), to measure one technique",
+    )
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--estimate", action="store_true", help=argparse.SUPPRESS)
@@ -334,6 +350,7 @@ def main() -> None:
         "--seed",
         str(args.seed),
         *(["--attn", args.attn] if args.attn else []),
+        *[a for kv in args.tf_set for a in ("--tf-set", kv)],
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
     for variant in args.only.split(","):
@@ -349,7 +366,15 @@ def main() -> None:
             r = subprocess.run([*cmd, "--estimate"], env=env, capture_output=True, text=True)
             if r.returncode == 0:
                 estimate = json.loads(result.read_text())
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        peer_env = env
+        if not variant.startswith("tuneforge"):
+            # TRL runs with oneDNN's own primitive cache size: importing tuneforge (for the model path) must not
+            # hand it the smaller cache tuneforge sets for itself.
+            peer_env = {
+                **env,
+                "ONEDNN_PRIMITIVE_CACHE_CAPACITY": env.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
+            }
+        r = subprocess.run(cmd, env=peer_env, capture_output=True, text=True)
         if r.returncode != 0:
             print(r.stderr[-3000:])
             results[variant] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
