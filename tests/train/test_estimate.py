@@ -40,7 +40,7 @@ def test_estimate_matches_a_real_run_within_25_percent(tiny_model_dir, capitals_
         capitals_file,
         tmp_path / "run",
         "method.name=lora",
-        "train.epochs=25",
+        "train.epochs=60",  # long enough (~8 s) that a cold first step is not a quarter of the run
         "train.batch_size=16",
         "train.eval_every=20",
     )
