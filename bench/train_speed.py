@@ -366,15 +366,7 @@ def main() -> None:
             r = subprocess.run([*cmd, "--estimate"], env=env, capture_output=True, text=True)
             if r.returncode == 0:
                 estimate = json.loads(result.read_text())
-        peer_env = env
-        if not variant.startswith("tuneforge"):
-            # TRL runs with oneDNN's own primitive cache size: importing tuneforge (for the model path) must not
-            # hand it the smaller cache tuneforge sets for itself.
-            peer_env = {
-                **env,
-                "ONEDNN_PRIMITIVE_CACHE_CAPACITY": env.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
-            }
-        r = subprocess.run(cmd, env=peer_env, capture_output=True, text=True)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             print(r.stderr[-3000:])
             results[variant] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}

@@ -67,7 +67,7 @@ def check(cfg: RunConfig) -> None:
 
 def is_head(name: str) -> bool:
     """Whether a parameter name belongs to the classification head (bare, or under a peft wrapper)."""
-    return name.split(".")[0] in HEAD_NAMES or ".score." in name or ".classifier." in name
+    return name.split(".")[0] in HEAD_NAMES or ".score." in name
 
 
 def head_params(model: nn.Module) -> list[nn.Parameter]:

@@ -42,11 +42,11 @@ def unsupported(device: torch.device) -> str | None:
 
 
 def resolve(setting: bool | str, method: str, device: torch.device) -> tuple[bool, str]:
-    """(compile?, why) for `train.compile` = auto / true / false."""
-    if setting is False or setting == "false":
+    """(compile?, why) for `train.compile`: True, False or "auto" (the config turns "true"/"false" into bools)."""
+    if setting is False:
         return False, "train.compile is false"
     why_not = unsupported(device)
-    if setting is True or setting == "true":
+    if setting is True:
         if why_not:
             raise ConfigError(
                 f"train.compile is true but {why_not}", "install it, or set train.compile: auto"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -43,6 +44,12 @@ from tuneforge.train.objectives import build_objective, weighted_lm_loss
 from tuneforge.train.rundir import RunDir
 
 EventFn = Callable[[str, dict[str, Any]], None]
+
+# oneDNN (PyTorch's CPU bf16 matmuls) caches a compiled primitive per matmul shape, 1024 by default. Training sees a
+# new shape for nearly every sequence length, and the cache grew a SmolLM2 LoRA run's resident memory by 0.3 GB;
+# 128 keeps the speed (bench/README.md). Set here, by the training recipes' module, so that it applies to training
+# processes only and before oneDNN first runs (it reads the variable once); set it in the environment to override.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 
 
 @dataclass
