@@ -300,9 +300,9 @@ class TrainConfig(Section):
     )
     compile: bool | Literal["auto"] = Field(
         "auto",
-        description="torch.compile the decoder layers for the training step. `auto`: for lora and rslora "
-        "runs where a C++ compiler (CPU) or Triton (GPU) is present; the first run on a machine spends ~15 s "
-        "compiling, cached for later runs.",
+        description="torch.compile the decoder layers for the training step. `auto`: lora and rslora runs "
+        "where a C++ compiler (CPU) or Triton (GPU) is present, when the first steps show that the rest of the "
+        "run gains more than compiling costs (~1 min the first time on a machine, seconds once cached).",
     )
     packing: bool = Field(
         False,

@@ -66,3 +66,42 @@ def test_auto_resolution(monkeypatch):
     use, why = compile_layers.resolve("auto", "prefix", cpu)
     assert not use and "train.compile: true" in why
     assert compile_layers.resolve(False, "lora", cpu) == (False, "train.compile is false")
+
+
+def test_auto_compiles_only_when_it_pays(tiny_model_dir, capitals_file, tmp_path, monkeypatch):
+    import torch._dynamo
+
+    monkeypatch.setattr(compile_layers, "marker_root", lambda: tmp_path / "markers")
+    messages = {}
+    for name, cost in (("costly", 1e9), ("cheap", 0.0)):
+        monkeypatch.setattr(compile_layers, "COST_COLD_S", cost)
+        cfg = tiny_config(
+            tiny_model_dir,
+            capitals_file,
+            tmp_path / name,
+            *STEPS,
+            "train.precision=bf16-mixed",
+            "train.compile=auto",
+        )
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        events: list[tuple[str, dict]] = []
+        api.finetune(
+            cfg, show=False, evaluate=False, on_event=lambda kind, data, ev=events: ev.append((kind, data))
+        )
+        messages[name] = [d["message"] for k, d in events if k == "message" and "ompil" in d["message"]]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == (name == "cheap"), messages[name]
+    assert (
+        messages["costly"][0].startswith("Not compiling: ") and "train.compile: true" in messages["costly"][0]
+    )
+    assert messages["cheap"][0].startswith("Compiling the decoder layers: ")
+    assert "first compile on this machine" in messages["cheap"][0]
+    assert list((tmp_path / "markers").iterdir())  # the next run knows the cache is warm
+
+
+def test_pays_weighs_the_rest_of_the_run_against_the_cache_state():
+    assert not compile_layers.pays(60, warm=True)[0]  # a 1-minute run: not even a cached compile pays
+    assert compile_layers.pays(600, warm=True)[0]
+    assert not compile_layers.pays(600, warm=False)[0]  # 10 minutes: a first compile costs more than it saves
+    assert compile_layers.pays(3600, warm=False)[0]

@@ -10,7 +10,6 @@ run resumed from a checkpoint ends where an uninterrupted run ends.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from tuneforge.models.memory import Estimate
 from tuneforge.progress import Steps, bar, console
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import compile as compile_layers
+from tuneforge.train.fused_ops import FusedOps
 from tuneforge.train.objectives import build_objective, weighted_lm_loss
 from tuneforge.train.rundir import RunDir
 
@@ -190,10 +190,19 @@ class FineTune(ckpt.Checkpointed):
             model, self.optimizer, self.scheduler
         )
         self.state = ckpt.LoopState()
-        self.compiled = None
+        self.compiled: compile_layers.CompiledLayers | None = None
+        self.fused_ops = FusedOps(
+            self.accelerator.unwrap_model(self.model)
+        )  # the eager step's RMSNorm, SwiGLU
+        self.compile_marker: compile_layers.CacheMarker | None = None
         use, why = compile_layers.resolve(cfg.train.compile, cfg.method.name, device)
         if use:
-            self.compiled = compile_layers.CompiledLayers(self.accelerator.unwrap_model(self.model))
+            self.compile_marker = compile_layers.CacheMarker(
+                self.accelerator.unwrap_model(self.model), cfg.method.model_dump(), device
+            )
+            if cfg.train.compile is True:
+                self.compile_layers()
+            # auto: decided in train() after the first steps, from the time the rest of the run would take
         elif cfg.train.compile is not False:
             console.print(f"[dim]Not compiling: {why}[/]")
         if cfg.train.memory_check:
@@ -246,19 +255,20 @@ class FineTune(ckpt.Checkpointed):
         conf = self.lm.model.config
         rng = ckpt.rng_state()  # the probe must not shift the run's random stream (dropout)
         try:
-            est = memory.estimate(
-                model,
-                loss_fn=weighted_lm_loss,
-                autocast=self.accelerator.autocast,
-                device=self.lm.device,
-                vocab=conf.vocab_size,
-                hidden=conf.hidden_size,
-                layers=conf.num_hidden_layers,
-                micro_batch_shapes=shapes,
-                max_target_tokens=targets,
-                optimizer=t.optimizer,
-                gradient_checkpointing=t.gradient_checkpointing,
-            )
+            with self.fused_ops.active():  # the probe keeps what an eager training step keeps
+                est = memory.estimate(
+                    model,
+                    loss_fn=weighted_lm_loss,
+                    autocast=self.accelerator.autocast,
+                    device=self.lm.device,
+                    vocab=conf.vocab_size,
+                    hidden=conf.hidden_size,
+                    layers=conf.num_hidden_layers,
+                    micro_batch_shapes=shapes,
+                    max_target_tokens=targets,
+                    optimizer=t.optimizer,
+                    gradient_checkpointing=t.gradient_checkpointing,
+                )
             if timing:
                 self._time_steps(est, step_tokens)
         finally:
@@ -396,6 +406,7 @@ class FineTune(ckpt.Checkpointed):
         self.on_event, self.tracker = track_events(cfg, self.run.root, self.on_event)
         start_time = time.time()
         stopped_by_request = False
+        timed: list[dict] = []  # this process's first steps, for train.compile: auto
         self.model.train()
         with bar("Training", self.total_steps, "loss", "speed") as progress:
             task = progress.add_task("Training", total=self.total_steps, completed=st.step, loss="", speed="")
@@ -406,6 +417,13 @@ class FineTune(ckpt.Checkpointed):
                     break
                 self._method_step(st.step)
                 row = self.train_step(st.step)
+                if self.compile_marker is not None:
+                    timed.append(row)
+                    if self.compiled is not None:  # the first compiled step ran: the cache holds the graphs
+                        self.compile_marker.set()
+                        self.compile_marker = None
+                    elif len(timed) == compile_layers.DECIDE_AFTER_STEPS:
+                        self._decide_compile(timed)
                 st.step += 1
                 st.tokens_seen += row["tokens"]
                 row = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), **row}
@@ -447,6 +465,26 @@ class FineTune(ckpt.Checkpointed):
             data_report=self.data_report,
         )
 
+    def compile_layers(self) -> None:
+        self.compiled = compile_layers.CompiledLayers(self.accelerator.unwrap_model(self.model))
+
+    def _decide_compile(self, timed: list[dict]) -> None:
+        """train.compile: auto — compile when the rest of the run, timed from its first eager steps, gains more
+        than compiling costs on this machine."""
+        marker = self.compile_marker
+        per_token = min(r["seconds"] / max(r["tokens"], 1) for r in timed)  # the first step also warms up
+        tokens_per_epoch = self.rows_per_item * sum(len(s) for s in self.train_seqs)
+        remaining_steps = self.total_steps - self.state.step - 1  # called before the step count moves on
+        remaining_s = per_token * tokens_per_epoch / self.steps_per_epoch * remaining_steps
+        use, why = compile_layers.pays(remaining_s, marker.warm)
+        msg = ("Compiling the decoder layers: " if use else "Not compiling: ") + why
+        console.print(f"[dim]{msg}[/]")
+        self.on_event("message", {"message": msg})
+        if use:
+            self.compile_layers()
+        else:
+            self.compile_marker = None
+
     def _method_step(self, step: int) -> None:
         """The method's schedule (gradual unfreezing) sets what trains at this step; a pure function of the step,
         so a resumed run trains the same parameters as an uninterrupted one."""
@@ -469,7 +507,7 @@ class FineTune(ckpt.Checkpointed):
         loss_sum = correct = 0.0
         stats: dict[str, float] = {}
         real_tokens = 0
-        with self.compiled.active() if self.compiled else contextlib.nullcontext():
+        with self.compiled.active() if self.compiled else self.fused_ops.active():
             for b in batches:
                 b = {k: v.to(self.accelerator.device) for k, v in b.items()}
                 with self.accelerator.autocast():
