@@ -71,3 +71,46 @@ def test_fused_keeps_less_for_backward():
     assert fused < 0.75 * plain  # bf16 input + one fp32 scale per token, not an fp32 copy of the input
     fused, plain = saved["LlamaMLP"]
     assert plain - fused == 4 * 32 * 160 * 2  # the SiLU output (4 x 32 x 160 bf16) is recomputed, not kept
+
+
+def test_fused_model_step_matches_sdpa_including_grouped_attention():
+    """A whole Llama (grouped-query attention, rotary, norms, MLP): the fused step's loss and gradients are SDPA's."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 97, (3, 11))
+
+    def run(fused: bool):
+        model.zero_grad(set_to_none=True)
+        ops = FusedOps(model)
+        with ops.active() if fused else torch.autocast("cpu", enabled=False):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, ops
+
+    ref_loss, ref_grads, _ = run(False)
+    loss, grads, ops = run(True)
+    assert ops.configs and model.config._attn_implementation == "sdpa"  # swapped in for the step only
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_fused_attention_defers_to_sdpa_for_masks_and_dropout():
+    from tuneforge.train import fused_ops
+
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    masked = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    out, _ = fused_ops.causal_attention(torch.nn.Module(), q, k, v, masked.logical_not())
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # full, unmasked
+    torch.testing.assert_close(out, ref)
