@@ -109,9 +109,10 @@ def load_state_into(model: nn.Module, folder: Path) -> nn.Module:
 
 
 def attention_for(requested: str, device: torch.device, training: bool) -> str:
-    """Resolve `auto` to SDPA, for training and generation alike. Eager attention trains ~10% faster on CPU for
-    sequences of ~256 tokens but keeps every layer's T x T probabilities for backward (0.5 GB more at 512-token
-    micro-batches on SmolLM2, bench/README.md); `training` is kept for kernels that differ by phase."""
+    """Resolve `auto` to SDPA, for training and generation alike. The training step swaps in its own causal
+    attention on CPU where it applies (train/fused_ops.py); `eager` (T x T probabilities kept for backward: 0.5 GB
+    more at 512-token micro-batches on SmolLM2) is left alone when asked for by name. `training` is kept for
+    kernels that differ by phase."""
     del device, training
     return "sdpa" if requested == "auto" else requested
 

@@ -71,7 +71,9 @@ class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def _probs(qg, k, scale, lse=None):
         t = k.shape[2]
-        s = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (B, Hkv, G*T, T): the G query heads stacked
+        s = (
+            torch.matmul(qg, k.transpose(-1, -2)).float() * scale
+        )  # (B, Hkv, G*T, T): the G query heads stacked
         mask = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1).repeat(qg.shape[2] // t, 1)
         s.masked_fill_(mask, float("-inf"))
         if lse is None:
@@ -129,7 +131,9 @@ def _register_attention() -> None:
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register(ATTENTION, causal_attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA gets: none for a plain causal batch
+    AttentionMaskInterface.register(
+        ATTENTION, sdpa_mask
+    )  # the masks SDPA gets: none for a plain causal batch
 
 
 def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
