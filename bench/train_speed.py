@@ -369,9 +369,8 @@ def main() -> None:
             r = subprocess.run([*cmd, "--estimate"], env=env, capture_output=True, text=True)
             if r.returncode == 0:
                 estimate = json.loads(result.read_text())
-        if (
-            variant == "tuneforge_compiled"
-        ):  # an untimed first run fills inductor's cache, as any first run does
+        if variant == "tuneforge_compiled":
+            # An untimed first run fills inductor's cache, as any first run on a machine does.
             subprocess.run(cmd, env=env, capture_output=True, text=True)
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:

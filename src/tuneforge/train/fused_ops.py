@@ -131,9 +131,8 @@ def _register_attention() -> None:
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register(ATTENTION, causal_attention)
-    AttentionMaskInterface.register(
-        ATTENTION, sdpa_mask
-    )  # the masks SDPA gets: none for a plain causal batch
+    # The masks SDPA gets: none for a plain causal batch.
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

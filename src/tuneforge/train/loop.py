@@ -191,9 +191,8 @@ class FineTune(ckpt.Checkpointed):
         )
         self.state = ckpt.LoopState()
         self.compiled: compile_layers.CompiledLayers | None = None
-        self.fused_ops = FusedOps(
-            self.accelerator.unwrap_model(self.model)
-        )  # the eager step's RMSNorm, SwiGLU
+        # The eager step's RMSNorm, SwiGLU and causal attention (train/fused_ops.py).
+        self.fused_ops = FusedOps(self.accelerator.unwrap_model(self.model))
         self.compile_marker: compile_layers.CacheMarker | None = None
         use, why = compile_layers.resolve(cfg.train.compile, cfg.method.name, device)
         if use:
@@ -201,7 +200,7 @@ class FineTune(ckpt.Checkpointed):
                 self.accelerator.unwrap_model(self.model), cfg.method.model_dump(), device
             )
             if cfg.train.compile is True:
-                self.compile_layers()
+                self._start_compiling()
             # auto: decided in train() after the first steps, from the time the rest of the run would take
         elif cfg.train.compile is not False:
             console.print(f"[dim]Not compiling: {why}[/]")
@@ -465,7 +464,7 @@ class FineTune(ckpt.Checkpointed):
             data_report=self.data_report,
         )
 
-    def compile_layers(self) -> None:
+    def _start_compiling(self) -> None:
         self.compiled = compile_layers.CompiledLayers(self.accelerator.unwrap_model(self.model))
 
     def _decide_compile(self, timed: list[dict]) -> None:
@@ -481,7 +480,7 @@ class FineTune(ckpt.Checkpointed):
         console.print(f"[dim]{msg}[/]")
         self.on_event("message", {"message": msg})
         if use:
-            self.compile_layers()
+            self._start_compiling()
         else:
             self.compile_marker = None
 
