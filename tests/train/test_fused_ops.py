@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -73,9 +75,14 @@ def test_fused_keeps_less_for_backward():
     assert plain - fused == 4 * 32 * 160 * 2  # the SiLU output (4 x 32 x 160 bf16) is recomputed, not kept
 
 
-def test_fused_model_step_matches_sdpa_including_grouped_attention():
+@pytest.mark.parametrize("block", [128, 4])  # one query block; blocks of 4, 4 and 3 rows
+def test_fused_model_step_matches_sdpa_including_grouped_attention(block, monkeypatch):
     """A whole Llama (grouped-query attention, rotary, norms, MLP): the fused step's loss and gradients are SDPA's."""
     from transformers import LlamaForCausalLM
+
+    from tuneforge.train import fused_ops
+
+    monkeypatch.setattr(fused_ops, "ATTENTION_BLOCK", block)
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -114,3 +121,69 @@ def test_fused_attention_defers_to_sdpa_for_masks_and_dropout():
     out, _ = fused_ops.causal_attention(torch.nn.Module(), q, k, v, masked.logical_not())
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # full, unmasked
     torch.testing.assert_close(out, ref)
+
+
+def _lora_llama(dropout: float = 0.0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, attn_implementation="sdpa",
+    )  # fmt: skip
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
+    model = get_peft_model(LlamaForCausalLM(cfg), lora)
+    for (
+        n,
+        p,
+    ) in model.named_parameters():  # B starts at zero: give it values so every gradient path is exercised
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _loss_and_lora_grads(model, ids, fused: bool, autocast: bool):
+    model.zero_grad(set_to_none=True)
+    with FusedOps(model).active() if fused else contextlib.nullcontext():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_lora_linear_matches_peft(autocast, monkeypatch):
+    from tuneforge.train import fused_ops
+
+    taken = []
+    plain = fused_ops._plain_lora
+    monkeypatch.setattr(fused_ops, "_plain_lora", lambda m: taken.append(plain(m)) or taken[-1])
+    model = _lora_llama()
+    ids = torch.randint(0, 97, (3, 11))
+    ref_loss, ref = _loss_and_lora_grads(model, ids, fused=False, autocast=autocast)
+    loss, got = _loss_and_lora_grads(model, ids, fused=True, autocast=autocast)
+    assert len(taken) == 14 and all(t is not None for t in taken)  # every projection ran the fused node
+    assert len(ref) == 2 * 7 * 2  # A and B of seven projections in two layers
+    tol = {"rtol": 2e-2, "atol": 2e-3} if autocast else {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(loss, ref_loss, **tol)
+    for n, g in ref.items():
+        torch.testing.assert_close(got[n], g, **tol, msg=n)
+
+
+def test_fused_lora_keeps_peft_for_dropout_and_disabled_adapters():
+    from tuneforge.train import fused_ops
+
+    model = _lora_llama(dropout=0.1)
+    proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert fused_ops._plain_lora(proj) is None  # dropout: peft's forward
+    model = _lora_llama()
+    proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert fused_ops._plain_lora(proj) is not None
+    with model.disable_adapter():  # DPO's reference pass: the base model alone
+        assert fused_ops._plain_lora(proj) is None
+        ids = torch.randint(0, 97, (2, 7))
+        with FusedOps(model).active():
+            out = model(input_ids=ids).logits
+        base = model.base_model.model(input_ids=ids).logits
+    torch.testing.assert_close(out, base)

@@ -30,25 +30,41 @@ class _FusedLinearCE(torch.autograd.Function):
         acc = torch.promote_types(torch.float32, compute_dtype)  # softmax in at least fp32
         loss = hidden.new_zeros((), dtype=acc)
         correct = hidden.new_zeros((), dtype=acc)
+        # One bf16 and one fp32 chunk buffer serve every chunk: a fresh 25-50 MB tensor per chunk is page-faulted
+        # in each time (a training process's heap is fragmented), which cost more than the softmax itself.
+        rows = min(chunk, n)
+        logits_buf = torch.empty(rows, w.shape[0], dtype=compute_dtype, device=hidden.device)
+        acc_buf = (
+            logits_buf
+            if acc == compute_dtype
+            else torch.empty(logits_buf.shape, dtype=acc, device=hidden.device)
+        )
         for s in range(0, n, chunk):
             h = hidden[s : s + chunk].to(compute_dtype)
             t = targets[s : s + chunk]
             tw = tok_weights[s : s + chunk].to(acc)
-            logits = (h @ w.t()).to(acc)
+            k = h.shape[0]
+            logits = torch.mm(h, w.t(), out=logits_buf[:k])
+            e = acc_buf[:k].copy_(logits) if acc_buf is not logits_buf else logits
             if softcap:
-                capped = torch.tanh(logits / softcap)
-                logits = capped * softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, t[:, None]).squeeze(1)
-            loss += ((lse - picked) * tw).sum()
-            correct += ((logits.argmax(-1) == t).to(acc) * tw).sum()
-            # d(sum_i w_i * ce_i)/d logits = w_i * (softmax - onehot), computed in place on the logits buffer.
-            g = logits.sub_(lse[:, None]).exp_()
-            g[torch.arange(g.shape[0], device=g.device), t] -= 1.0
-            g.mul_(tw[:, None])
+                capped = e.div_(softcap).tanh_().clone()
+                e.mul_(softcap)
+            m = e.amax(
+                -1, keepdim=True
+            )  # (max with indices is 4x slower; a target at the max counts as correct)
+            picked = e.gather(1, t[:, None])
+            # softmax with one exp pass: exp(logits - max), its row sums give the log-sum-exp.
+            total = e.sub_(m).exp_().sum(-1, keepdim=True)
+            lse = total.log().add_(m)
+            loss += ((lse - picked).squeeze(1) * tw).sum()
+            correct += ((picked >= m).squeeze(1).to(acc) * tw).sum()
+            # d(sum_i w_i * ce_i)/d logits = w_i * (softmax - onehot), computed in place.
+            g = e.mul_(tw[:, None] / total)
+            g[torch.arange(k, device=g.device), t] -= tw
             if softcap:
                 g.mul_(1.0 - capped.square())
-            g = g.to(compute_dtype)
+            if g is not logits:
+                g = logits.copy_(g)  # the bf16 logits are spent: their buffer takes the gradient
             grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += (g.t() @ h).to(grad_w.dtype)
