@@ -72,6 +72,7 @@ def test_auto_compiles_only_when_it_pays(tiny_model_dir, capitals_file, tmp_path
     import torch._dynamo
 
     monkeypatch.setattr(compile_layers, "marker_root", lambda: tmp_path / "markers")
+    monkeypatch.setitem(compile_layers.SAVING, "cpu", 0.08)  # as if compiling paid on this device
     messages = {}
     for name, cost in (("costly", 1e9), ("cheap", 0.0)):
         monkeypatch.setattr(compile_layers, "COST_COLD_S", cost)
@@ -101,7 +102,9 @@ def test_auto_compiles_only_when_it_pays(tiny_model_dir, capitals_file, tmp_path
 
 
 def test_pays_weighs_the_rest_of_the_run_against_the_cache_state():
-    assert not compile_layers.pays(60, warm=True)[0]  # a 1-minute run: not even a cached compile pays
-    assert compile_layers.pays(600, warm=True)[0]
-    assert not compile_layers.pays(600, warm=False)[0]  # 10 minutes: a first compile costs more than it saves
-    assert compile_layers.pays(3600, warm=False)[0]
+    assert not compile_layers.pays(60, warm=True, device_type="cuda")[0]  # 1 minute: not even a cached compile
+    assert compile_layers.pays(600, warm=True, device_type="cuda")[0]
+    assert not compile_layers.pays(600, warm=False, device_type="cuda")[0]  # 10 minutes: a first compile costs more
+    assert compile_layers.pays(3600, warm=False, device_type="cuda")[0]
+    use, why = compile_layers.pays(36000, warm=True, device_type="cpu")  # measured: no faster than the fused step
+    assert not use and "train.compile: true" in why

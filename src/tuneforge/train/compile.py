@@ -1,9 +1,9 @@
 """torch.compile of the decoder layers for the training step (`train.compile`).
 
 Inductor fuses what eager PyTorch runs as separate passes over memory — RMSNorm, rotary embeddings, SiLU x up,
-the LoRA scaling and residual adds — and frees intermediates sooner. On the 2-core CPU it trains SmolLM2 + LoRA
-about 8% faster than the eager step with fused RMSNorm/SwiGLU (train/fused_ops.py; 20% faster than plain eager
-transformers code; bench/README.md). Compiling is not free: the first run on a machine spends about 50 s on it for
+the LoRA scaling and residual adds — and frees intermediates sooner. On the 2-core CPU it trained SmolLM2 + LoRA
+20% faster than plain eager transformers code, but no faster than the eager step with tuneforge's fused kernels
+(train/fused_ops.py; bench/README.md), so `auto` leaves CPU runs eager. Compiling is not free: the first run on a machine spends about 50 s on it for
 SmolLM2 (two graphs: full micro-batches and single-row ones); later runs load the result from inductor's disk
 cache in about 5 s. So `auto` runs the first steps eagerly, predicts the rest of the run from them and compiles
 only when the saving exceeds the cost (`pays`); this machine's cache state is remembered by a marker per model
@@ -31,10 +31,13 @@ from tuneforge.models.load import decoder_layers
 
 # Compiled by `auto` (measured, tested). DoRA compiles too (train.compile: true) but into ~15x more graph pieces.
 AUTO_METHODS = ("lora", "rslora")
-# Measured on the 2-core CPU with SmolLM2 + LoRA against the eager step with fused RMSNorm/SwiGLU (bench/README.md):
-# compiled steps take ~8% less time; compiling costs ~50 s with an empty cache and ~5 s with a warm one. The costs
-# are rounded up: a wrong "no" loses little.
-SAVING = 0.08
+# The share of step time compiling saves, per device type. CPU, SmolLM2 + LoRA, measured against the eager step
+# with tuneforge's fused kernels (train/fused_ops.py; bench/README.md): ~8% while those covered RMSNorm and SwiGLU
+# only; none (compiled/eager 1.008, same steps interleaved in one process) since they cover attention, the LoRA
+# projections and the LM head too. GPUs: not measured here; inductor's usual gain, kept from the CPU figure.
+# Compiling costs ~50 s with an empty cache and ~5 s with a warm one (CPU). The costs are rounded up: a wrong
+# "no" loses little.
+SAVING = {"cpu": 0.0, "cuda": 0.08}
 COST_COLD_S = 60.0
 COST_WARM_S = 8.0
 DECIDE_AFTER_STEPS = 2  # eager steps `auto` times before deciding (the first one also warms allocators)
@@ -73,10 +76,16 @@ def resolve(setting: bool | str, method: str, device: torch.device) -> tuple[boo
     return True, f"auto: {method} on {device.type}"
 
 
-def pays(remaining_s: float, warm: bool) -> tuple[bool, str]:
+def pays(remaining_s: float, warm: bool, device_type: str = "cpu") -> tuple[bool, str]:
     """Whether compiling saves more than it costs, for a run with `remaining_s` seconds of eager training left."""
+    share = SAVING.get(device_type, 0.0)
+    if share <= 0:
+        return False, (
+            f"on {device_type} the eager step with tuneforge's fused kernels is as fast as a compiled one "
+            "(bench/README.md); set train.compile: true to compile anyway"
+        )
     cost = COST_WARM_S if warm else COST_COLD_S
-    saving = SAVING * remaining_s
+    saving = share * remaining_s
     state = "compiled before on this machine" if warm else "first compile on this machine"
     if saving > cost:
         return (

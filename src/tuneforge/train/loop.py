@@ -505,7 +505,7 @@ class FineTune(ckpt.Checkpointed):
         tokens_per_epoch = self.rows_per_item * sum(len(s) for s in self.train_seqs)
         remaining_steps = self.total_steps - self.state.step - 1  # called before the step count moves on
         remaining_s = per_token * tokens_per_epoch / self.steps_per_epoch * remaining_steps
-        use, why = compile_layers.pays(remaining_s, marker.warm)
+        use, why = compile_layers.pays(remaining_s, marker.warm, self.lm.device.type)
         msg = ("Compiling the decoder layers: " if use else "Not compiling: ") + why
         console.print(f"[dim]{msg}[/]")
         self.on_event("message", {"message": msg})
