@@ -34,7 +34,7 @@ PEER = REPO.parent / "shared" / "peer-data" / "llamafactory" / "alpaca_en_demo.j
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 VARIANTS = {
-    "tuneforge": "tuneforge (defaults: bf16, fused RMSNorm/SwiGLU/attention, target-only LM head, compile: auto)",
+    "tuneforge": "tuneforge (defaults: bf16, fused RMSNorm/SwiGLU/attention/LoRA, target-only LM head, compile: auto)",
     "tuneforge_packed": "tuneforge with packing (block-diagonal attention, no padding)",
     "tuneforge_compiled": "tuneforge, train.compile: true, compile cache warm (every run after a machine's first)",
     "trl_default": "TRL SFTTrainer + PEFT, defaults",

@@ -187,3 +187,16 @@ def test_fused_lora_keeps_peft_for_dropout_and_disabled_adapters():
             out = model(input_ids=ids).logits
         base = model.base_model.model(input_ids=ids).logits
     torch.testing.assert_close(out, base)
+
+
+def test_fused_attention_with_fp32_queries_and_bf16_values():
+    """Full fine-tuning under autocast: rotary embeddings leave q and k in fp32, v stays bf16."""
+    from tuneforge.train import fused_ops
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 9, 8, requires_grad=True), torch.randn(1, 2, 9, 8, requires_grad=True)
+    v = torch.randn(1, 2, 9, 8, dtype=torch.bfloat16, requires_grad=True)
+    out, _ = fused_ops.causal_attention(torch.nn.Module(), q, k, v, None)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert q.grad.dtype == k.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16

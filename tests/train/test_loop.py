@@ -224,3 +224,18 @@ def test_run_folder_guard(tiny_model_dir, capitals_file, tmp_path):
     junk = tiny_config(tiny_model_dir, capitals_file, tmp_path / "junk", "train.max_steps=2")
     with pytest.raises(RunDirError, match="holds no tuneforge run"):
         FineTune(junk).setup()
+
+
+def test_cpu_training_keeps_freed_memory_unless_the_environment_sets_malloc(monkeypatch):
+    import platform
+
+    from tuneforge.train import loop
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
+    assert loop.keep_freed_memory() is False  # the user's own malloc settings win
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert loop.keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert loop.keep_freed_memory() is True  # mallopt accepted both settings

@@ -99,7 +99,8 @@ class _CausalAttention(torch.autograd.Function):
         hkv = k.shape[1]
         g = h // hkv
         q5 = q.view(b, hkv, g, t, d)
-        out = torch.empty_like(q5)
+        # in v's dtype: rotary embeddings can leave q and k in fp32 when v is bf16 (full fine-tuning under autocast)
+        out = torch.empty(q5.shape, dtype=v.dtype, device=v.device)
         lse = torch.empty(b, hkv, g, t, 1, dtype=torch.float32, device=q.device)
         for start in range(0, t, ATTENTION_BLOCK):
             end = min(start + ATTENTION_BLOCK, t)
@@ -121,9 +122,8 @@ class _CausalAttention(torch.autograd.Function):
         do5 = grad.transpose(1, 2).reshape(q5.shape)
         delta = (do5.float() * out.float()).sum(-1, keepdim=True)
         dq = torch.empty_like(q5)
-        dk = torch.zeros(
-            k.shape, dtype=torch.float32, device=k.device
-        )  # sums over query blocks: kept in fp32
+        # dk and dv sum over query blocks: kept in fp32
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         for start in range(0, t, ATTENTION_BLOCK):
             end = min(start + ATTENTION_BLOCK, t)
