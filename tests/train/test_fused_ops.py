@@ -134,10 +134,8 @@ def _lora_llama(dropout: float = 0.0):
     )  # fmt: skip
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
     model = get_peft_model(LlamaForCausalLM(cfg), lora)
-    for (
-        n,
-        p,
-    ) in model.named_parameters():  # B starts at zero: give it values so every gradient path is exercised
+    # B starts at zero: give it values so every gradient path is exercised
+    for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)
     return model

@@ -3,8 +3,8 @@
 Inductor fuses what eager PyTorch runs as separate passes over memory — RMSNorm, rotary embeddings, SiLU x up,
 the LoRA scaling and residual adds — and frees intermediates sooner. On the 2-core CPU it trained SmolLM2 + LoRA
 20% faster than plain eager transformers code, but no faster than the eager step with tuneforge's fused kernels
-(train/fused_ops.py; bench/README.md), so `auto` leaves CPU runs eager. Compiling is not free: the first run on a machine spends about 50 s on it for
-SmolLM2 (two graphs: full micro-batches and single-row ones); later runs load the result from inductor's disk
+(train/fused_ops.py; bench/README.md), so `auto` leaves CPU runs eager. Compiling is not free: the first run on a
+machine spends about 50 s on it for SmolLM2 (two graphs: full micro-batches and single-row ones); later runs load the result from inductor's disk
 cache in about 5 s. So `auto` runs the first steps eagerly, predicts the rest of the run from them and compiles
 only when the saving exceeds the cost (`pays`); this machine's cache state is remembered by a marker per model
 shape and method (`CacheMarker`).

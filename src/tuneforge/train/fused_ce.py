@@ -34,11 +34,9 @@ class _FusedLinearCE(torch.autograd.Function):
         # in each time (a training process's heap is fragmented), which cost more than the softmax itself.
         rows = min(chunk, n)
         logits_buf = torch.empty(rows, w.shape[0], dtype=compute_dtype, device=hidden.device)
-        acc_buf = (
-            logits_buf
-            if acc == compute_dtype
-            else torch.empty(logits_buf.shape, dtype=acc, device=hidden.device)
-        )
+        acc_buf = logits_buf
+        if acc != compute_dtype:
+            acc_buf = torch.empty(logits_buf.shape, dtype=acc, device=hidden.device)
         for s in range(0, n, chunk):
             h = hidden[s : s + chunk].to(compute_dtype)
             t = targets[s : s + chunk]
@@ -49,9 +47,8 @@ class _FusedLinearCE(torch.autograd.Function):
             if softcap:
                 capped = e.div_(softcap).tanh_().clone()
                 e.mul_(softcap)
-            m = e.amax(
-                -1, keepdim=True
-            )  # (max with indices is 4x slower; a target at the max counts as correct)
+            # amax: max with indices is 4x slower; a target at the max counts as correct.
+            m = e.amax(-1, keepdim=True)
             picked = e.gather(1, t[:, None])
             # softmax with one exp pass: exp(logits - max), its row sums give the log-sum-exp.
             total = e.sub_(m).exp_().sum(-1, keepdim=True)

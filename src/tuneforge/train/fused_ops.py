@@ -82,12 +82,13 @@ class _CausalAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def _scores(qb, k, start, scale):
-        """Scaled, causally masked fp32 scores of query rows start.. (qb: B, Hkv, G, n, d) against keys ..start+n."""
-        b, hkv, g, n, d = qb.shape
+    def _scores(qb, k, start, n, scale):
+        """Scaled, causally masked fp32 scores (B, Hkv, G, n, start+n) of query rows start..start+n of the G
+        stacked heads (qb: B, Hkv, G*n, d) against keys ..start+n."""
+        b, hkv = qb.shape[:2]
         end = start + n
-        s = torch.matmul(qb.reshape(b, hkv, g * n, d), k[:, :, :end].transpose(-1, -2)).float().mul_(scale)
-        s = s.view(b, hkv, g, n, end)
+        s = torch.matmul(qb, k[:, :, :end].transpose(-1, -2)).float().mul_(scale)
+        s = s.view(b, hkv, -1, n, end)
         s[..., start:].masked_fill_(
             torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1), float("-inf")
         )
@@ -104,7 +105,8 @@ class _CausalAttention(torch.autograd.Function):
         lse = torch.empty(b, hkv, g, t, 1, dtype=torch.float32, device=q.device)
         for start in range(0, t, ATTENTION_BLOCK):
             end = min(start + ATTENTION_BLOCK, t)
-            s = _CausalAttention._scores(q5[:, :, :, start:end], k, start, scale)
+            qb = q5[:, :, :, start:end].reshape(b, hkv, -1, d)
+            s = _CausalAttention._scores(qb, k, start, end - start, scale)
             m = s.amax(-1, keepdim=True)
             p = s.sub_(m).exp_()
             total = p.sum(-1, keepdim=True)
@@ -130,7 +132,7 @@ class _CausalAttention(torch.autograd.Function):
             n = end - start
             qb = q5[:, :, :, start:end].reshape(b, hkv, g * n, d)
             dob = do5[:, :, :, start:end].reshape(b, hkv, g * n, d)
-            s = _CausalAttention._scores(q5[:, :, :, start:end], k, start, ctx.scale)
+            s = _CausalAttention._scores(qb, k, start, n, ctx.scale)
             p = s.sub_(lse[:, :, :, start:end]).exp_()
             dv[:, :, :end] += torch.matmul(p.to(v.dtype).view(b, hkv, g * n, end).transpose(-1, -2), dob)
             dp = torch.matmul(dob, v[:, :, :end].transpose(-1, -2)).float().view(p.shape)
@@ -245,16 +247,14 @@ def swiglu_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def fusable(model: nn.Module) -> list[tuple[nn.Module, functools.partial]]:
     """The modules of `model` these kernels replace exactly, each with its replacement forward."""
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:  # peft is a dependency; kept optional here for the kernels' own sake
-        LoraLinear = ()  # noqa: N806
+    from peft.tuners.lora.layer import Linear as LoraLinear  # the class itself: subclasses (bnb, ...) differ
+
     out = []
     for m in model.modules():
         name = type(m).__name__
-        if isinstance(m, LoraLinear) and type(m) is LoraLinear:
+        if type(m) is LoraLinear:
             out.append((m, functools.partial(lora_linear, m)))
-        if name in RMSNORM_CLASSES and hasattr(m, "variance_epsilon"):
+        elif name in RMSNORM_CLASSES and hasattr(m, "variance_epsilon"):
             out.append((m, functools.partial(rms_norm, m)))
         elif name in MLP_CLASSES and type(getattr(m, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation"):
             out.append((m, functools.partial(swiglu_mlp, m)))
