@@ -383,7 +383,7 @@ def serve(
 ) -> None:
     """Serve an OpenAI-compatible API (files, fine-tuning jobs, models, chat) with workers for the jobs."""
     from tuneforge.serve.server import serve as run_server
-    from tuneforge.serve.settings import load_settings
+    from tuneforge.settings import load_settings
 
     settings = load_settings(env_file, data_dir=data_dir, database_url=database_url)
     run_server(settings, host, port, workers, log_level)
@@ -397,7 +397,7 @@ def worker(
 ) -> None:
     """Run fine-tuning jobs from the server's queue (start as many as you like, on any machine sharing the data)."""
     from tuneforge.serve.server import run_worker
-    from tuneforge.serve.settings import load_settings
+    from tuneforge.settings import load_settings
 
     run_worker(load_settings(env_file, data_dir=data_dir, database_url=database_url))
 

@@ -117,7 +117,7 @@ def db_url(request, tmp_path) -> str:
 
 # ---------------------------------------------------------------------------------------------- settings
 def service_settings(data_dir: Path, tiny_model_dir: Path, db_url: str | None = None, **overrides):
-    from tuneforge.serve.settings import Settings
+    from tuneforge.settings import Settings
 
     values = dict(
         data_dir=data_dir,
@@ -218,7 +218,7 @@ def client(server: LiveServer, key: str = ALICE, **kw):
 
 # ------------------------------------------------------------------------------------------------ workers
 def subprocess_env(settings) -> dict[str, str]:
-    from tuneforge.serve.settings import child_env
+    from tuneforge.settings import child_env
 
     env = child_env(settings)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")

@@ -30,7 +30,7 @@ def knowing_model_dir(tiny_model_dir, tmp_path_factory):
     from tuneforge.data.collate import collate
     from tuneforge.data.formats import load_file
     from tuneforge.data.tokenize import tokenize_examples
-    from tuneforge.train.objectives import weighted_lm_loss
+    from tuneforge.ops.lm_loss import weighted_lm_loss
 
     out = tmp_path_factory.mktemp("knowing")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

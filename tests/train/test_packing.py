@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from tuneforge.data.collate import collate
 from tuneforge.data.pack import pack, pack_bins
 from tuneforge.data.tokenize import Tokenized
-from tuneforge.train.objectives import weighted_lm_loss
+from tuneforge.ops.lm_loss import weighted_lm_loss
 
 
 def _seqs(n=5, seed=0):

@@ -21,10 +21,11 @@ from tuneforge.data.collate import collate
 from tuneforge.data.schema import Example, Message
 from tuneforge.data.tokenize import conversation, label_set, prompt_of, tokenize_examples
 from tuneforge.eval import metrics as M
-from tuneforge.eval.generate import SamplingParams, _autocast, adapters_merged, adapters_off, generate_chats
-from tuneforge.models.load import LoadedModel
+from tuneforge.eval.generate import SamplingParams, generate_chats
+from tuneforge.models.adapters import adapters_merged, adapters_off
+from tuneforge.models.load import LoadedModel, inference_autocast
+from tuneforge.ops.lm_loss import weighted_lm_loss
 from tuneforge.progress import bar
-from tuneforge.train.objectives import weighted_lm_loss
 
 
 @dataclass
@@ -156,7 +157,7 @@ def validation_loss(
     model.eval()
     seqs = sorted(seqs, key=len)
     loss = weight = 0.0
-    with adapters_off(model) if not adapters else contextlib.nullcontext(), _autocast(lm.device):
+    with adapters_off(model) if not adapters else contextlib.nullcontext(), inference_autocast(lm.device):
         for i in range(0, len(seqs), batch_size):
             b = {
                 k: t.to(lm.device)
@@ -262,10 +263,25 @@ def forgetting(
     base: LoadedModel, tuned: LoadedModel, data_cfg: DataConfig, eval_cfg: EvalConfig, shared_weights: bool
 ) -> dict[str, Any] | None:
     """Catastrophic forgetting: the loss on a general held-out set (eval.general), base vs tuned."""
-    from tuneforge.train.forgetting import general_examples, general_loss_report
+    from tuneforge.data.general import general_examples
 
     general = general_examples(eval_cfg.general, "eval")
     gcfg = DataConfig(train="general", max_length=max(data_cfg.max_length, 512), truncation="drop")
     before = validation_loss(base, general, gcfg, not shared_weights, ())
     after = validation_loss(tuned, general, gcfg, True, ())
     return general_loss_report(before, after, len(general))
+
+
+def general_loss_report(base: dict | None, tuned: dict | None, n: int) -> dict[str, Any] | None:
+    """Forgetting as the report shows it: general-set loss before and after, and the relative change."""
+    if not base or not tuned:
+        return None
+    return {
+        "n_general": n,
+        "base_loss": base["loss"],
+        "tuned_loss": tuned["loss"],
+        "delta_loss": tuned["loss"] - base["loss"],
+        "base_perplexity": base["perplexity"],
+        "tuned_perplexity": tuned["perplexity"],
+        "perplexity_change_pct": 100 * (tuned["perplexity"] / base["perplexity"] - 1),
+    }

@@ -7,7 +7,6 @@ Generation stops at the template's end-of-turn token as well as at EOS.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ import torch
 
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
-from tuneforge.models.load import LoadedModel
+from tuneforge.models.load import LoadedModel, inference_autocast
 
 
 @dataclass
@@ -37,39 +36,6 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
-
-
-def adapters_off(model: Any):
-    """Context in which a PEFT model answers as its base model — the same weights, no second copy."""
-    if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
-        return model.disable_adapter()
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def adapters_merged(model: Any):
-    """Fold LoRA-style adapters into the base weights while generating (about 1.6x faster decoding on CPU),
-    then unfold them. Methods that cannot merge (prompt learning) run unmerged."""
-    merged = False
-    if getattr(model, "peft_config", None) and hasattr(model, "merge_adapter"):
-        try:
-            model.merge_adapter()
-            merged = True
-        except (ValueError, NotImplementedError, AttributeError):
-            merged = False
-    try:
-        yield model
-    finally:
-        if merged:
-            model.unmerge_adapter()
-
-
-def _autocast(device: torch.device):
-    from tuneforge.models.load import cpu_has_fast_bf16
-
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -94,7 +60,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], params: SamplingParams) ->
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     t0 = time.time()
-    with _autocast(lm.device):
+    with inference_autocast(lm.device):
         out = model.generate(**enc, **kwargs)
     dt = time.time() - t0
     width = enc["input_ids"].shape[1]
@@ -167,7 +133,7 @@ def stream_chat(lm: LoadedModel, messages: Sequence[Message], params: SamplingPa
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
 
     def run() -> None:
-        with torch.no_grad(), _autocast(lm.device):
+        with torch.no_grad(), inference_autocast(lm.device):
             model.generate(**kwargs)
 
     thread = Thread(target=run, daemon=True)
@@ -239,7 +205,7 @@ class TokenStream:
         for _ in range(params.max_new_tokens):
             if self.should_cancel():
                 return
-            with _autocast(device):
+            with inference_autocast(device):
                 out = model(input_ids=ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
             nxt = _sample(out.logits[:, -1, :].float(), params, gen)

@@ -21,8 +21,9 @@ from typing import Any
 from tuneforge.config import DataConfig
 from tuneforge.data.schema import Example
 from tuneforge.data.tokenize import conversation, label_set, prompt_text
-from tuneforge.eval.generate import SamplingParams, adapters_merged, adapters_off, generate
+from tuneforge.eval.generate import SamplingParams, generate
 from tuneforge.eval.metrics import norm
+from tuneforge.models.adapters import adapters_merged, adapters_off
 from tuneforge.models.load import LoadedModel
 
 

@@ -35,7 +35,7 @@ from tuneforge.jobs import recipe, store
 from tuneforge.jobs.checks import JobError, check_file, check_method_fits
 from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
 from tuneforge.methods import registry
-from tuneforge.serve.settings import Settings
+from tuneforge.settings import Settings
 
 log = logging.getLogger("tuneforge.worker")
 

@@ -62,6 +62,15 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def inference_autocast(device: torch.device):
+    """bf16 autocast for evaluation and generation on CPUs with fast bf16 (2-3x faster matmuls), else none."""
+    import contextlib
+
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -110,7 +119,7 @@ def load_state_into(model: nn.Module, folder: Path) -> nn.Module:
 
 def attention_for(requested: str, device: torch.device, training: bool) -> str:
     """Resolve `auto` to SDPA, for training and generation alike. The training step swaps in its own causal
-    attention on CPU where it applies (train/fused_ops.py); `eager` (T x T probabilities kept for backward: 0.5 GB
+    attention on CPU where it applies (ops/fused_ops.py); `eager` (T x T probabilities kept for backward: 0.5 GB
     more at 512-token micro-batches on SmolLM2) is left alone when asked for by name. `training` is kept for
     kernels that differ by phase."""
     del device, training
@@ -156,7 +165,7 @@ def ensure_converted(src: ModelSource, steps: Steps | None = None) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     steps = steps or Steps(f"Preparing {src.display}")
     with steps:
         gguf = src.path
@@ -205,7 +214,7 @@ def ensure_converted(src: ModelSource, steps: Steps | None = None) -> Path:
     return out
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Our own progress display replaces transformers' per-tensor bars and advisory warnings."""
     from transformers.utils import logging as hf_logging
 
@@ -313,7 +322,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a base model or a trained run (base + adapter/weights) with its tokenizer, ready for inference.
     `load_options`: extra from_pretrained arguments for a base model (a 4-bit quantization_config + device_map)."""
-    _quiet_transformers()
+    quiet_transformers()
     src = resolve(name)
     dev = pick_device(device)
     attn_implementation = attention_for(attn_implementation, dev, training=False)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuneforge.train.fused_ce import CHUNK
+from tuneforge.ops.fused_ce import CHUNK
 
 # Peak of one forward + backward above the memory in use before it, as a multiple of the saved activations
 # (VmHWM measured on SmolLM2 at 128-1024 tokens per micro-batch: 1.8-1.9; see bench/README.md).

@@ -15,7 +15,7 @@ from tuneforge.serve import errors
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.errors import APIError
 from tuneforge.serve.routes import chat, files, fine_tuning, health, models
-from tuneforge.serve.settings import Settings
+from tuneforge.settings import Settings
 
 DESCRIPTION = """OpenAI-compatible fine-tuning and inference on your own machine.
 

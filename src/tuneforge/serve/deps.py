@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from tuneforge.serve.engine import Engine
-from tuneforge.serve.settings import Settings
+from tuneforge.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from tuneforge.eval.generate import adapters_off
+from tuneforge.models.adapters import adapters_off
 from tuneforge.models.load import LoadedModel, load_model, load_tokenizer
 from tuneforge.models.templates import stop_token_ids
 from tuneforge.serve.errors import overloaded
-from tuneforge.serve.settings import Settings
+from tuneforge.settings import Settings
 
 log = logging.getLogger("tuneforge.serve")
 

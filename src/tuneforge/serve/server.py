@@ -20,7 +20,7 @@ import uvicorn
 from sqlalchemy import func, select
 
 from tuneforge.jobs import store
-from tuneforge.serve.settings import Settings, child_env
+from tuneforge.settings import Settings, child_env
 
 log = logging.getLogger("tuneforge.serve")
 

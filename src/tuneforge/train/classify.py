@@ -26,7 +26,7 @@ from tuneforge.data.collate import epoch_batches
 from tuneforge.errors import DataError, ModelError
 from tuneforge.methods import registry
 from tuneforge.methods.classifier import is_head
-from tuneforge.models.load import _quiet_transformers, base_path_for, pick_device
+from tuneforge.models.load import base_path_for, pick_device, quiet_transformers
 from tuneforge.models.registry import resolve
 from tuneforge.progress import bar, console
 from tuneforge.train import checkpoint as ckpt
@@ -50,7 +50,7 @@ def load_classifier(path: str, labels: list[str], dtype: torch.dtype = torch.flo
     """(model, tokenizer) with a fresh head of len(labels) outputs on the model in `path`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # decoders: the head reads the last non-pad token, so pad must be set
         tok.pad_token = tok.eos_token

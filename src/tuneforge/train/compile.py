@@ -3,7 +3,7 @@
 Inductor fuses what eager PyTorch runs as separate passes over memory — RMSNorm, rotary embeddings, SiLU x up,
 the LoRA scaling and residual adds — and frees intermediates sooner. On the 2-core CPU it trained SmolLM2 + LoRA
 20% faster than plain eager transformers code, but no faster than the eager step with tuneforge's fused kernels
-(train/fused_ops.py; bench/README.md), so `auto` leaves CPU runs eager. Compiling is not free: the first run on a
+(ops/fused_ops.py; bench/README.md), so `auto` leaves CPU runs eager. Compiling is not free: the first run on a
 machine spends about 50 s on it for SmolLM2 (two graphs: full micro-batches and single-row ones); later runs load the result from inductor's disk
 cache in about 5 s. So `auto` runs the first steps eagerly, predicts the rest of the run from them and compiles
 only when the saving exceeds the cost (`pays`); this machine's cache state is remembered by a marker per model
@@ -32,7 +32,7 @@ from tuneforge.models.load import decoder_layers
 # Compiled by `auto` (measured, tested). DoRA compiles too (train.compile: true) but into ~15x more graph pieces.
 AUTO_METHODS = ("lora", "rslora")
 # The share of step time compiling saves, per device type. CPU, SmolLM2 + LoRA, measured against the eager step
-# with tuneforge's fused kernels (train/fused_ops.py; bench/README.md): ~8% while those covered RMSNorm and SwiGLU
+# with tuneforge's fused kernels (ops/fused_ops.py; bench/README.md): ~8% while those covered RMSNorm and SwiGLU
 # only; none (compiled/eager 1.008, same steps interleaved in one process) since they cover attention, the LoRA
 # projections and the LM head too. GPUs: not measured here; inductor's usual gain, kept from the CPU figure.
 # Compiling costs ~50 s with an empty cache and ~5 s with a warm one (CPU). The costs are rounded up: a wrong

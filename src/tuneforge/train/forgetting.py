@@ -19,40 +19,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuneforge.data.general import general_examples
 from tuneforge.data.schema import Example
 from tuneforge.errors import DataError
-from tuneforge.train.objectives import Objective, StepLoss, _backbone_and_head, weighted_lm_loss
-from tuneforge.train.preference import adapters_off
-
-BUNDLED = {"eval": "general-eval.jsonl", "train": "general-train.jsonl"}
-
-
-def general_path(value: str, which: str) -> Path:
-    """A general-data setting (`bundled` or a file) as a path."""
-    if value == "bundled":
-        return Path(str(resources.files("tuneforge.data") / "bundled" / BUNDLED[which]))
-    return Path(value)
-
-
-def general_examples(value: str, which: str) -> list[Example]:
-    from tuneforge.data.formats import load_file
-
-    path = general_path(value, which)
-    if not path.is_file():
-        key = "eval.general" if which == "eval" else "forgetting.data"
-        raise DataError(f"general data file {path} does not exist", f"fix {key}, or set it to `bundled`")
-    res = load_file(str(path), "auto", {}, None)
-    if not res.examples:
-        raise DataError(f"{path} holds no usable general examples", "give a chat/alpaca file with answers")
-    return res.examples
+from tuneforge.models.adapters import adapters_off
+from tuneforge.ops.lm_loss import backbone_and_head, weighted_lm_loss
+from tuneforge.train.objectives import Objective, StepLoss
 
 
 def replay_examples(cfg: Any, n_task: int) -> list[Example]:
@@ -84,7 +62,7 @@ class Distill(Objective):
 
     def _logits(self, model: nn.Module, batch: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         ids, pos = batch["input_ids"], batch.get("position_ids")
-        decoder, head, _ = _backbone_and_head(model)
+        decoder, head, _ = backbone_and_head(model)
         if decoder is not None and isinstance(head, nn.Linear):
             hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
             return head(hidden[:, :-1][rows]).float()
@@ -191,18 +169,3 @@ def build_ewc(cfg: Any, model: nn.Module, tok: Any, device: torch.device) -> EWC
             anchor = p.detach().clone()
             terms.append((lambda p=p, a=anchor: p - a, f))
     return EWC(cfg.forgetting.ewc, terms)
-
-
-def general_loss_report(base: dict | None, tuned: dict | None, n: int) -> dict[str, Any] | None:
-    """Forgetting as the report shows it: general-set loss before and after, and the relative change."""
-    if not base or not tuned:
-        return None
-    return {
-        "n_general": n,
-        "base_loss": base["loss"],
-        "tuned_loss": tuned["loss"],
-        "delta_loss": tuned["loss"] - base["loss"],
-        "base_perplexity": base["perplexity"],
-        "tuned_perplexity": tuned["perplexity"],
-        "perplexity_change_pct": 100 * (tuned["perplexity"] / base["perplexity"] - 1),
-    }

@@ -31,17 +31,18 @@ from tuneforge.data.pack import pack
 from tuneforge.data.schema import Example
 from tuneforge.data.tokenize import TokenizeReport, count_tokens_fn, label_set
 from tuneforge.errors import DataError, MemoryBudgetError
-from tuneforge.experiments.tracking import track_events
 from tuneforge.methods import registry
 from tuneforge.models import memory
 from tuneforge.models.load import LoadedModel, attention_for, cpu_has_fast_bf16, load_model, set_attention
 from tuneforge.models.memory import Estimate
+from tuneforge.ops.fused_ops import FusedOps
+from tuneforge.ops.lm_loss import weighted_lm_loss
 from tuneforge.progress import Steps, bar, console
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import compile as compile_layers
-from tuneforge.train.fused_ops import FusedOps
-from tuneforge.train.objectives import build_objective, weighted_lm_loss
+from tuneforge.train.objectives import build_objective
 from tuneforge.train.rundir import RunDir
+from tuneforge.train.tracking import track_events
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -217,7 +218,7 @@ class FineTune(ckpt.Checkpointed):
         )
         self.state = ckpt.LoopState()
         self.compiled: compile_layers.CompiledLayers | None = None
-        # The eager step's RMSNorm, SwiGLU, causal attention and LoRA projections (train/fused_ops.py).
+        # The eager step's RMSNorm, SwiGLU, causal attention and LoRA projections (ops/fused_ops.py).
         self.fused_ops = FusedOps(self.accelerator.unwrap_model(self.model))
         self.compile_marker: compile_layers.CacheMarker | None = None
         use, why = compile_layers.resolve(cfg.train.compile, cfg.method.name, device)
@@ -427,7 +428,7 @@ class FineTune(ckpt.Checkpointed):
 
     def train(self) -> TrainResult:
         cfg, st = self.cfg, self.state
-        # TensorBoard / MLflow when `tracking.backends` asks for them (experiments/tracking.py).
+        # TensorBoard / MLflow when `tracking.backends` asks for them (train/tracking.py).
         self.on_event, self.tracker = track_events(cfg, self.run.root, self.on_event)
         start_time = time.time()
         stopped_by_request = False

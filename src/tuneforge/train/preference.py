@@ -16,7 +16,6 @@ log-ratio gap; ORPO: the log-odds gap) and the chosen and rejected rewards.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +27,10 @@ from torch import nn
 from tuneforge.data.schema import Example, Message
 from tuneforge.data.tokenize import Tokenized, TokenizeReport, tokenize_example
 from tuneforge.errors import DataError
-from tuneforge.train.fused_ce import fused_linear_cross_entropy
-from tuneforge.train.objectives import Objective, StepLoss, _backbone_and_head
+from tuneforge.models.adapters import adapters_off
+from tuneforge.ops.fused_ce import fused_linear_cross_entropy
+from tuneforge.ops.lm_loss import backbone_and_head
+from tuneforge.train.objectives import Objective, StepLoss
 
 
 @dataclass
@@ -128,7 +129,7 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     sel = batch["weights"][:, 1:] > 0
     targets = input_ids[:, 1:]
     counts = sel.sum(1).float()
-    decoder, head, base = _backbone_and_head(model)
+    decoder, head, base = backbone_and_head(model)
     if decoder is not None and isinstance(head, nn.Linear) and head.bias is None:
         hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
         cap = getattr(base.config, "final_logit_softcapping", None)
@@ -143,13 +144,6 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
     logits = model(input_ids=input_ids, use_cache=False).logits[:, -input_ids.shape[1] :][:, :-1].float()
     logp = torch.gather(logits.log_softmax(-1), 2, targets[..., None]).squeeze(-1)
     return (logp * sel).sum(1), counts
-
-
-def adapters_off(model: nn.Module):
-    """The base model's view of a PEFT model: the same weights with the adapters switched off."""
-    if getattr(model, "peft_config", None) and hasattr(model, "disable_adapter"):
-        return model.disable_adapter()
-    return contextlib.nullcontext()
 
 
 class _Preference(Objective):

@@ -35,7 +35,7 @@ from tuneforge.serve.schemas import (
     CompletionRequest,
     SamplingIn,
 )
-from tuneforge.serve.settings import Settings
+from tuneforge.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 

@@ -15,7 +15,7 @@ from tuneforge.serve.deps import EngineDep, SessionDep, SettingsDep
 from tuneforge.serve.engine import Target
 from tuneforge.serve.errors import APIError, model_not_found
 from tuneforge.serve.schemas import ModelDeleted, ModelList, ModelOut
-from tuneforge.serve.settings import Settings
+from tuneforge.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

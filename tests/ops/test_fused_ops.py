@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
-from tuneforge.train.fused_ops import FusedOps
+from tuneforge.ops.fused_ops import FusedOps
 
 
 def _grads(module, x, fused: bool):
@@ -80,7 +80,7 @@ def test_fused_model_step_matches_sdpa_including_grouped_attention(block, monkey
     """A whole Llama (grouped-query attention, rotary, norms, MLP): the fused step's loss and gradients are SDPA's."""
     from transformers import LlamaForCausalLM
 
-    from tuneforge.train import fused_ops
+    from tuneforge.ops import fused_ops
 
     monkeypatch.setattr(fused_ops, "ATTENTION_BLOCK", block)
 
@@ -114,7 +114,7 @@ def test_fused_model_step_matches_sdpa_including_grouped_attention(block, monkey
 
 
 def test_fused_attention_defers_to_sdpa_for_masks_and_dropout():
-    from tuneforge.train import fused_ops
+    from tuneforge.ops import fused_ops
 
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
     masked = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
@@ -152,7 +152,7 @@ def _loss_and_lora_grads(model, ids, fused: bool, autocast: bool):
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_lora_linear_matches_peft(autocast, monkeypatch):
-    from tuneforge.train import fused_ops
+    from tuneforge.ops import fused_ops
 
     taken = []
     plain = fused_ops._plain_lora
@@ -170,7 +170,7 @@ def test_fused_lora_linear_matches_peft(autocast, monkeypatch):
 
 
 def test_fused_lora_keeps_peft_for_dropout_and_disabled_adapters():
-    from tuneforge.train import fused_ops
+    from tuneforge.ops import fused_ops
 
     model = _lora_llama(dropout=0.1)
     proj = model.base_model.model.model.layers[0].self_attn.q_proj
@@ -189,7 +189,7 @@ def test_fused_lora_keeps_peft_for_dropout_and_disabled_adapters():
 
 def test_fused_attention_with_fp32_queries_and_bf16_values():
     """Full fine-tuning under autocast: rotary embeddings leave q and k in fp32, v stays bf16."""
-    from tuneforge.train import fused_ops
+    from tuneforge.ops import fused_ops
 
     torch.manual_seed(0)
     q, k = torch.randn(1, 4, 9, 8, requires_grad=True), torch.randn(1, 2, 9, 8, requires_grad=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tuneforge.train.fused_ce import fused_linear_cross_entropy, reference_cross_entropy
+from tuneforge.ops.fused_ce import fused_linear_cross_entropy, reference_cross_entropy
 
 
 @pytest.mark.parametrize("softcap", [None, 30.0])
