@@ -121,7 +121,8 @@ def capitals_file(tmp_path) -> Path:
 
 def tiny_config(tiny_model_dir: Path, data: Path, run_dir: Path, *overrides: str):
     """A run config for the tiny model that trains in a few seconds."""
-    from tuneforge.config import apply_overrides, build_config
+    from tuneforge.config import apply_overrides
+    from tuneforge.recipes.build import build_config
 
     base = {
         "run_dir": str(run_dir),

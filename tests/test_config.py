@@ -2,8 +2,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tuneforge.config import dump_config, load_config
+from tuneforge.config import dump_config
 from tuneforge.errors import ConfigError
+from tuneforge.recipes.build import load_config
 
 
 def _write(tmp_path, data) -> str:

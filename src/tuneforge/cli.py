@@ -1,4 +1,5 @@
-"""The `tuneforge` command: one verb per job, each a thin layer over tuneforge.api.
+"""The `tuneforge` command: one verb per job; each parses its options, calls one function (tuneforge.api, the
+experiments, the service) and prints.
 
 Every failure a user can cause ends as one line on stderr — what went wrong and what to do — and exit code 2.
 """
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from tuneforge.config import DEFAULT_MODEL
 from tuneforge.errors import TuneforgeError
 
 app = typer.Typer(
@@ -127,29 +129,23 @@ def estimate(
 ) -> None:
     """Predict peak memory and time per epoch of a run before training it."""
     import json
-    import tempfile
 
     from tuneforge import api
     from tuneforge.models.memory import explain
-    from tuneforge.train.loop import FineTune
+    from tuneforge.recipes.run import probe
 
-    cfg = api.load_config(config, set_ or [])
-    with tempfile.TemporaryDirectory(prefix="tuneforge-estimate-") as tmp:
-        probe = cfg.model_copy(deep=True)
-        probe.run_dir = tmp  # the real run folder is left untouched
-        probe.train.memory_check = False
-        ft = FineTune(probe)
-        ft.setup()
-        est = ft.estimate(timing=timing)
+    with probe(api.load_config(config, set_ or [])) as rec:  # the real run folder is left untouched
+        est = rec.estimate(timing=timing)
+        total_steps, steps_per_epoch = rec.loop.total_steps, rec.loop.steps_per_epoch
     d = est.to_dict()
     if timing and est.seconds_per_epoch is not None:
-        d["seconds_total"] = est.seconds_per_epoch * ft.total_steps / ft.steps_per_epoch
+        d["seconds_total"] = est.seconds_per_epoch * total_steps / steps_per_epoch
     if as_json:
         print(json.dumps(d, indent=1))
         return
     _console().print(explain(est))
     if "seconds_total" in d:
-        _console().print(f"time for the whole run ({ft.total_steps} steps): {d['seconds_total']:.0f} s")
+        _console().print(f"time for the whole run ({total_steps} steps): {d['seconds_total']:.0f} s")
     if not est.fits:
         _console().print("[yellow]does not fit; try:[/] " + "; ".join(est.suggestions))
 
@@ -216,7 +212,7 @@ def compare(
 def chat(
     model: Annotated[
         str, typer.Argument(help="Model alias, folder, hub id, or a run folder.")
-    ] = "smollm2-135m",
+    ] = DEFAULT_MODEL,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Answer this one message and exit.")
@@ -225,9 +221,9 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
 ) -> None:
     """Talk to a base model or a tuned run. /reset clears the history, /exit quits."""
+    from tuneforge.api import load_model
     from tuneforge.data.schema import Message
     from tuneforge.eval.generate import SamplingParams, stream_chat
-    from tuneforge.models.load import load_model
 
     lm = load_model(model)
     if system is None and lm.run_dir is not None:
@@ -268,9 +264,9 @@ def chat(
 
 def _run_system_prompt(run_dir: Path) -> str | None:
     """A run trained with one fixed system prompt answers best when chat uses it too."""
-    from tuneforge.api import test_split_of
+    from tuneforge.api import saved_splits
 
-    train_split = test_split_of(run_dir)[0]
+    train_split = saved_splits(run_dir)[0]
     systems = {e.messages[0].content for e in train_split if e.messages and e.messages[0].role == "system"}
     return systems.pop() if len(systems) == 1 else None
 
@@ -282,8 +278,10 @@ def data_inspect(
     format: Annotated[str, typer.Option(help="Force a format instead of detecting it.")] = "auto",
     model: Annotated[
         str | None,
-        typer.Option(help="Count tokens with this model's tokenizer (default: smollm2-135m if installed)."),
-    ] = "smollm2-135m",
+        typer.Option(
+            help=f"Count tokens with this model's tokenizer (default: {DEFAULT_MODEL} if installed)."
+        ),
+    ] = DEFAULT_MODEL,
     column: Annotated[
         list[str] | None, typer.Option("--column", "-c", help="Map a field: -c text=review (repeatable).")
     ] = None,

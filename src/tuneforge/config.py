@@ -1,13 +1,14 @@
-"""The configuration of a run: one YAML file, validated by pydantic, with `--set key=value` overrides.
+"""The schema of a run: one YAML file of sections, each a pydantic model whose fields document themselves
+(`tuneforge train --help-config` prints them) and check their own values; unknown keys are refused.
 
-Every field carries its documentation (`tuneforge train --help-config` prints it). Unknown keys are refused with
-the list of valid ones, and cross-field rules are checked when the config is built, so a bad config fails
-before any model is loaded.
+This module imports nothing of tuneforge but its errors, so reading a config is cheap (no torch, no methods).
+Each method's options are validated against the method's own config class, and the rules that span sections
+(method x objective x data x stages) are checked, by recipes/build.py, which is also where YAML files and
+`--set` overrides are turned into a `RunConfig`.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -19,12 +20,16 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from tuneforge.errors import ConfigError
+
+DEFAULT_MODEL = (
+    "smollm2-135m"  # the bundled model (models/registry.py) that runs use unless they name another
+)
+DEFAULT_METHOD = "lora"
 
 
 class Section(BaseModel):
@@ -155,7 +160,7 @@ class DataConfig(Section):
 # ------------------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
     name: str = Field(
-        "smollm2-135m",
+        DEFAULT_MODEL,
         description="Base model: a registry alias (`tuneforge models`), a local directory, or a Hugging Face id.",
     )
     revision: str | None = Field(None, description="Hugging Face revision (branch, tag or commit).")
@@ -175,26 +180,27 @@ class ModelConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- methods
 class MethodConfig(Section):
-    """Base of every fine-tuning method's config. `name` selects the method in the registry."""
+    """Base of every fine-tuning method's config (methods/*.py). `name` selects the method in the registry."""
 
     name: str = Field(..., description="Fine-tuning method (`tuneforge methods` lists them).")
 
 
-DEFAULT_METHOD = "lora"
+class MethodSection(MethodConfig):
+    """The `method:` section as read, before recipes/build.py validates its options against the method's own
+    config class (which needs the method registry, and with it torch)."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-def _method_from_dict(value: Any) -> MethodConfig:
-    from tuneforge.methods import registry  # late import: methods register themselves on import
-
+def method_section(value: Any) -> MethodConfig:
+    """`method: lora`, `method: {name: lora, r: 8}` or a method's config object, as a MethodConfig."""
     if isinstance(value, MethodConfig):
         return value
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
         raise ValueError("method must be a name or a mapping, e.g. `method: {name: lora, r: 16}`")
-    value = {"name": DEFAULT_METHOD, **value}
-    spec = registry.get(value["name"])
-    return spec.config_cls(**value)
+    return MethodSection(**{"name": DEFAULT_METHOD, **value})
 
 
 # --------------------------------------------------------------------------------------------- objective
@@ -362,7 +368,7 @@ class RunConfig(Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: SerializeAsAny[MethodConfig] = Field(
-        default_factory=lambda: _method_from_dict({}), description="Fine-tuning method."
+        default_factory=lambda: method_section({}), description="Fine-tuning method."
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -378,24 +384,12 @@ class RunConfig(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, v: Any) -> MethodConfig:
-        return _method_from_dict(v)
+        return method_section(v)
 
     @field_validator("objective", mode="before")
     @classmethod
     def _objective(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> RunConfig:
-        from tuneforge.methods import registry
-
-        registry.get(self.method.name).check(self)
-        from tuneforge.train.objectives import check_objective
-        from tuneforge.train.stages import check_stages
-
-        check_objective(self)
-        check_stages(self)
-        return self
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what is trained (not where it is written, nor evaluation)."""
@@ -406,7 +400,7 @@ class RunConfig(Section):
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# ------------------------------------------------------------------------------------------ loading YAML
+# ------------------------------------------------------------------------------------------- --set and YAML
 def parse_value(raw: str) -> Any:
     """`--set` values are YAML scalars/flow collections: 3, 2e-4, true, null, [q_proj, v_proj], {a: 1}."""
     try:
@@ -439,88 +433,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _known_keys(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
-
-
-def _explain(err: ValidationError, source: str, data: dict[str, Any]) -> ConfigError:
-    """Turn pydantic's report into one line that names the key, the problem and the fix."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        key = str(first["loc"][-1])
-        section = _section_at(first["loc"][:-1], data)
-        known = _known_keys(section) if section else []
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {', '.join(known)}"
-        if first["loc"][0] == "method" and not close:
-            name = _method_name(data)
-            return ConfigError(
-                f"{source}: method `{name}` has no option `{key}`", f"its options: {', '.join(known)}"
-            )
-        return ConfigError(f"{source}: unknown config key `{loc}`", hint)
-    if first["type"] == "missing":
-        return ConfigError(
-            f"{source}: `{loc}` is required", "add it to the config or pass --set " + loc + "=..."
-        )
-    msg = first["msg"].removeprefix("Value error, ")
-    return ConfigError(
-        f"{source}: `{loc}`: {msg}" if loc else f"{source}: {msg}", "see `tuneforge train --help-config`"
-    )
-
-
-def _method_name(data: dict[str, Any]) -> str:
-    m = data.get("method")
-    return m if isinstance(m, str) else (m or {}).get("name", DEFAULT_METHOD)
-
-
-def _section_at(loc: tuple, data: dict[str, Any]) -> type[BaseModel] | None:
-    model: type[BaseModel] = RunConfig
-    for part in loc:
-        if part == "method":
-            from tuneforge.methods import registry
-
-            try:
-                return registry.get(_method_name(data)).config_cls
-            except KeyError:
-                return MethodConfig
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
-def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise _explain(e, source, data) from None
-    except KeyError as e:  # unknown method name from the registry
-        raise ConfigError(f"{source}: {e.args[0]}", "run `tuneforge methods` to list them") from None
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    data: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(
-                f"config file {p} does not exist", "check the path, or start from examples/*.yaml"
-            )
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}".splitlines()[0], "fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p} must hold a mapping of sections", "see examples/tickets-lora.yaml")
-        source = str(p)
-    data = apply_overrides(data, overrides or [])
-    return build_config(data, source)
-
-
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
@@ -539,3 +451,22 @@ def describe(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple
             default = "lora"
         rows.append((key, default, f.description or ""))
     return rows
+
+
+def with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The run's config naming local files absolutely, so that the run folder works from any directory later."""
+    cfg = cfg.model_copy(deep=True)
+    if Path(cfg.model.name).exists():
+        cfg.model.name = str(Path(cfg.model.name).resolve())
+    for key in ("train", "validation", "test"):
+        value = getattr(cfg.data, key)
+        if value and Path(value).exists():
+            setattr(cfg.data, key, str(Path(value).resolve()))
+    for task in cfg.data.mix:
+        if Path(task.train).exists():
+            task.train = str(Path(task.train).resolve())
+    for section, key in ((cfg.forgetting, "data"), (cfg.eval, "general")):
+        value = getattr(section, key)
+        if value and value != "bundled" and Path(value).exists():
+            setattr(section, key, str(Path(value).resolve()))
+    return cfg

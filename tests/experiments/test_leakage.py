@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from tests.conftest import capitals_records, tiny_config, write_jsonl
-from tuneforge import api
 from tuneforge.data.prepare import read_split
 from tuneforge.data.schema import Example, Message
 from tuneforge.experiments import leakage
-from tuneforge.train.loop import run_training
+from tuneforge.recipes.run import train as run_training
 
 CANARY = "the secret word is purple castle under river"
 
@@ -31,7 +30,7 @@ def test_memorised_canary_is_extracted_and_an_unseen_one_is_not(tiny_model_dir, 
         "train.num_threads=1",
     )
     _, ft = run_training(cfg)
-    tuned = api.trained_model(ft)
+    tuned = ft.trained_model()
     train = read_split(tmp_path / "run" / "data" / "train.jsonl")
     test = read_split(tmp_path / "run" / "data" / "test.jsonl")
     assert any(CANARY == e.answer() for e in train)
@@ -53,4 +52,4 @@ def test_memorised_canary_is_extracted_and_an_unseen_one_is_not(tiny_model_dir, 
     base = load_model(str(tiny_model_dir))
     hits = [e for e in train if e.answer() == CANARY][:1]
     assert leakage.extraction(base, hits, cfg.data)["extracted"] == 0
-    ft.cleanup()
+    ft.loop.cleanup()

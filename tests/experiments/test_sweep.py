@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
-from tuneforge.config import dump_config, load_config
+from tuneforge.config import dump_config
 from tuneforge.errors import ConfigError
 from tuneforge.experiments import sweep as S
+from tuneforge.recipes.build import load_config
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def _cfg(model_dir: Path, tmp_path: Path, *overrides: str):
 def test_classifier_learns_reports_and_reloads(
     model, overrides, tiny_encoder_dir, tiny_wide_init_dir, tmp_path
 ):
-    from tuneforge.train.classify import load_run_classifier
+    from tuneforge.recipes.runs import load_run_classifier
 
     model_dir = tiny_encoder_dir if model == "encoder" else tiny_wide_init_dir
     cfg = _cfg(model_dir, tmp_path, *overrides)
@@ -125,8 +125,8 @@ def test_classifier_backbone_is_the_saved_one(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.errors import ModelError
+    from tuneforge.models.classifier import load_classifier
     from tuneforge.models.load import save_model_folder
-    from tuneforge.train.classify import load_classifier
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     out = tmp_path / "converted"

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import tiny_config
 from tuneforge.methods import registry
-from tuneforge.train.loop import FineTune
+from tuneforge.recipes.lm import FineTune
 
 # Per method: options and a learning rate at which the tiny model learns the capitals in a few steps.
 MATRIX: dict[str, list[str]] = {
@@ -51,7 +51,7 @@ def _last_logits(model, tok) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", sorted(MATRIX))
 def test_method_learns_saves_and_reloads(method, tiny_wide_init_dir, capitals_file, tmp_path):
-    from tuneforge.models.load import load_model
+    from tuneforge.recipes.runs import load_any as load_model
 
     run = tmp_path / "run"
     cfg = tiny_config(
@@ -65,10 +65,10 @@ def test_method_learns_saves_and_reloads(method, tiny_wide_init_dir, capitals_fi
     )
     ft = FineTune(cfg)
     ft.setup()
-    before = ft.validation_loss()
-    ft.train()
-    ft.finish()
-    after = ft.validation_loss()
+    before = ft.loop.validation_loss()
+    ft.loop.train()
+    ft.loop.finish()
+    after = ft.loop.validation_loss()
     if method in CONDITIONING:
         assert after["val_loss"] < before["val_loss"] - 0.1, (before, after)
         assert after["val_token_accuracy"] >= before["val_token_accuracy"], (before, after)
@@ -85,7 +85,7 @@ def test_method_learns_saves_and_reloads(method, tiny_wide_init_dir, capitals_fi
         assert PeftConfig.from_pretrained(str(artifact)).peft_type is not None
     else:
         assert (artifact / "model.safetensors").is_file()
-    trained = ft.accelerator.unwrap_model(ft.model)
+    trained = ft.loop.unwrapped
     loaded = load_model(str(run))
     assert loaded.method == method
     torch.testing.assert_close(

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO, tiny_config
-from tuneforge.config import apply_overrides, build_config, load_config
+from tuneforge.config import apply_overrides
 from tuneforge.errors import ConfigError
+from tuneforge.recipes.build import build_config, load_config
 
 BASE = {"data": {"train": "x.jsonl"}}
 
@@ -70,7 +71,7 @@ def test_every_shipped_method_config_is_valid(monkeypatch):
 def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.train.loop import build_optimizer
+    from tuneforge.train.optim import build_optimizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     cfg = _build("method.name=full", "method.layer_lr_decay=0.5", "train.learning_rate=1e-2")
@@ -103,7 +104,7 @@ def test_freeze_by_name_pattern(tiny_model_dir):
 def test_gradual_unfreezing_follows_its_schedule_and_resumes_exactly(tiny_model_dir, capitals_file, tmp_path):
     from safetensors.torch import load_file
 
-    from tuneforge.train.loop import run_training
+    from tuneforge.recipes.run import train as run_training
 
     common = [
         "method.name=unfreeze",

@@ -14,7 +14,7 @@ from tests.conftest import REPO, tiny_config
 from tuneforge.config import dump_config
 from tuneforge.errors import MemoryBudgetError
 from tuneforge.models import memory
-from tuneforge.train.loop import FineTune
+from tuneforge.recipes.lm import FineTune
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
@@ -98,7 +98,7 @@ def test_memory_check_can_be_switched_off(tiny_model_dir, capitals_file, tmp_pat
     )
     ft = FineTune(cfg)
     ft.setup()
-    assert ft.train().steps == 1
+    assert ft.loop.train().steps == 1
 
 
 def test_a_preference_pair_counts_as_two_rows(tiny_model_dir, tmp_path):
@@ -115,5 +115,5 @@ def test_a_preference_pair_counts_as_two_rows(tiny_model_dir, tmp_path):
         ft = FineTune(cfg, overwrite=True)
         ft.setup()
         tokens[name] = ft.estimate().largest_micro_batch_tokens
-        ft.cleanup()
+        ft.loop.cleanup()
     assert tokens["dpo"] >= 1.8 * tokens["sft"]

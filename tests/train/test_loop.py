@@ -18,7 +18,8 @@ from tests.conftest import REPO, tiny_config
 from tuneforge import api
 from tuneforge.config import dump_config
 from tuneforge.errors import RunDirError
-from tuneforge.train.loop import FineTune, run_training
+from tuneforge.recipes.lm import FineTune
+from tuneforge.recipes.run import train as run_training
 
 FAST = ["train.learning_rate=1e-2", "train.epochs=12"]
 
@@ -62,7 +63,7 @@ def test_lora_saves_a_standard_peft_adapter_that_reloads(tiny_model_dir, capital
     from transformers import AutoModelForCausalLM
 
     from tuneforge.eval.generate import SamplingParams, generate
-    from tuneforge.models.load import load_model
+    from tuneforge.recipes.runs import load_any as load_model
 
     cfg = tiny_config(
         tiny_model_dir,
@@ -229,13 +230,13 @@ def test_run_folder_guard(tiny_model_dir, capitals_file, tmp_path):
 def test_cpu_training_keeps_freed_memory_unless_the_environment_sets_malloc(monkeypatch):
     import platform
 
-    from tuneforge.train import loop
+    from tuneforge.train import runtime
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
-    assert loop.keep_freed_memory() is False  # the user's own malloc settings win
+    assert runtime.keep_freed_memory() is False  # the user's own malloc settings win
     monkeypatch.delenv("GLIBC_TUNABLES")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
-    assert loop.keep_freed_memory() is False
+    assert runtime.keep_freed_memory() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert loop.keep_freed_memory() is True  # mallopt accepted both settings
+        assert runtime.keep_freed_memory() is True  # mallopt accepted both settings

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import ASKS, CAPITALS, tiny_config, write_jsonl
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.train.loop import FineTune, run_training
+from tuneforge.recipes.lm import FineTune
+from tuneforge.recipes.run import train as run_training
 
 
 def preference_rows(n: int = 64, seed: int = 0) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import tiny_config
-from tuneforge.train.loop import run_training
+from tuneforge.recipes.run import train as run_training
 
 
 def _tracked(tiny_model_dir, capitals_file, tmp_path, experiment: str, backends: str, *overrides: str):
@@ -32,7 +32,7 @@ def test_metrics_go_to_tensorboard_and_mlflow(tiny_model_dir, capitals_file, tmp
         tiny_model_dir, capitals_file, tmp_path, "capitals", "[tensorboard, mlflow]", "train.epochs=2"
     )
     result, ft = run_training(cfg)
-    ft.cleanup()
+    ft.loop.cleanup()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     vals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -60,7 +60,7 @@ def test_tracking_off_by_default_writes_nothing(tiny_model_dir, capitals_file, t
         tiny_model_dir, capitals_file, tmp_path / "run", "train.max_steps=2", "train.num_threads=1"
     )
     _, ft = run_training(cfg)
-    ft.cleanup()
+    ft.loop.cleanup()
     assert not (tmp_path / "run" / "tensorboard").exists()
     assert not (tmp_path / "mlflow.db").exists()
 

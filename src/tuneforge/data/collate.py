@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from tuneforge.data.tokenize import Tokenized
+from tuneforge.data.tokenize import Labeled, Tokenized
 
 WINDOW_BATCHES = 32
 
@@ -82,3 +83,10 @@ def collate(items: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     if packed:
         batch["position_ids"] = pos
     return batch
+
+
+def collate_labeled(items: Sequence[Labeled], tok: Any) -> dict[str, torch.Tensor]:
+    """Texts for a classification head, padded by its tokenizer (its padding side and attention mask), with their
+    label indices."""
+    enc = tok.pad({"input_ids": [t.input_ids for t in items]}, return_tensors="pt")
+    return {**enc, "labels": torch.tensor([t.label for t in items])}

@@ -309,3 +309,41 @@ def count_tokens_fn(tok: Any, cfg: DataConfig, labels: Sequence[str] = ()):
         return len(tok(render(tok, msgs, tools), add_special_tokens=False)["input_ids"])
 
     return count
+
+
+@dataclass
+class Labeled:
+    """A text's token ids and the index of its label, for a classification head."""
+
+    input_ids: list[int]
+    label: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_labeled(
+    examples: Sequence[Example], tok: Any, labels: Sequence[str], max_length: int
+) -> list[Labeled]:
+    """Classification records as token ids (the text's own tokens: no chat template) and label indices. Texts
+    longer than max_length are cut, records with a label the head does not know are skipped; both are counted on
+    the console."""
+    from tuneforge.progress import console
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    rows, cut, unknown = [], 0, 0
+    for e in examples:
+        if str(e.label) not in index:
+            unknown += 1
+            continue
+        ids = tok(e.text or "", truncation=False)["input_ids"]
+        if len(ids) > max_length:
+            cut += 1
+            ids = ids[:max_length]
+        rows.append(Labeled(ids, index[str(e.label)]))
+    if cut or unknown:
+        console.print(
+            f"[yellow]{cut} texts cut to {max_length} tokens, {unknown} with a label the classifier does not "
+            "know skipped[/]"
+        )
+    return rows

@@ -18,6 +18,7 @@ import copy
 import gc
 import json
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from tuneforge.config import RunConfig
 from tuneforge.data.schema import Example, Message
 from tuneforge.errors import DataError
 from tuneforge.eval.metrics import norm
-from tuneforge.experiments.common import fixed_split_config, prepare, write_records
+from tuneforge.experiments.common import fixed_split_config, one_training_set, prepare, write_records
+from tuneforge.recipes.run import train as train_run
 
 DEFAULT_TEMPLATES = [
     "Hello, {prompt}",
@@ -139,28 +141,17 @@ def augment(
     out: str | Path | None = None,
     show: bool = True,
 ) -> dict[str, Any]:
+    """Add paraphrases and template variations of the training prompts; with `measure`, train with and without
+    them on the same held-out test split and report the difference (augment.md, augment.json)."""
     from tuneforge.progress import console
 
+    one_training_set(cfg, "augmentation")
     out = Path(out or Path(cfg.run_dir).with_name(Path(cfg.run_dir).name + "-augment"))
     prepared = prepare(cfg)
     train, val, test = prepared.train, prepared.validation, prepared.test
     if measure and not test:
         raise DataError("measuring augmentation needs a test split", "set data.split.test > 0 or data.test")
-    new: list[Example] = []
-    dropped: dict[str, int] = {}
-    if n_paraphrases > 0:
-        from tuneforge.models.load import load_model
-
-        lm = load_model(cfg.model.name, chat_template=cfg.model.chat_template)
-        if show:
-            console.print(f"Paraphrasing {len(train)} training prompts x{n_paraphrases} with {lm.name}")
-        para, dropped = paraphrases(train, model_generate_fn(lm, temperature), n_paraphrases, cfg.seed)
-        new += para
-        del lm
-        gc.collect()
-    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
-    if templates and per_example_templates > 0:
-        new += template_variants(train, templates, per_example_templates, cfg.seed)
+    new, dropped = _added(cfg, train, n_paraphrases, templates, per_example_templates, temperature, show)
     files = {
         "train": write_records(train, out / "data" / "train.jsonl"),
         "augmented_train": write_records(train + new, out / "data" / "train_augmented.jsonl"),
@@ -191,33 +182,7 @@ def augment(
             f"Added {len(new)} examples to {len(train)} ({report['added']}); dropped rewrites: {dropped or 'none'}"
         )
     if measure:
-        report["runs"] = {}
-
-        def run_config(name: str, train_file: Path) -> RunConfig:
-            return fixed_split_config(
-                cfg, out / name, train_file, files["validation"], files["test"], dedupe="exact"
-            )
-
-        for name, tf in (("original", files["train"]), ("augmented", files["augmented_train"])):
-            report["runs"][name] = _train_and_score(run_config(name, tf), show)
-        # More examples at the same epochs is also more steps: train the original as long as the augmented run,
-        # so that the effect of the added examples is told apart from the effect of training longer.
-        steps = report["runs"]["augmented"]["steps"]
-        if steps > report["runs"]["original"]["steps"]:
-            longer = run_config("original-same-steps", files["train"])
-            longer = longer.model_copy(
-                update={
-                    "train": longer.train.model_copy(
-                        update={"max_steps": steps, "early_stopping_patience": None}
-                    )
-                }
-            )
-            report["runs"]["original_same_steps"] = _train_and_score(longer, show)
-        b = report["runs"]["augmented"]["headline"]
-        for key, run in (("delta", "original"), ("delta_same_steps", "original_same_steps")):
-            if run in report["runs"]:
-                a = report["runs"][run]["headline"]
-                report[key] = {k: b[k] - a[k] for k in a if k in b}
+        report.update(_measure(cfg, out, files, show))
         (out / "augment.md").write_text(markdown(report))
         if show:
             print_augment(report, console)
@@ -225,31 +190,88 @@ def augment(
     return report
 
 
-def _train_and_score(cfg: RunConfig, show: bool) -> dict[str, Any]:
-    from tuneforge.api import trained_model
-    from tuneforge.data.tokenize import label_set
-    from tuneforge.eval.compare import Variant, run_variant
+def _added(
+    cfg: RunConfig,
+    train: list[Example],
+    n_paraphrases: int,
+    templates: Sequence[str] | None,
+    per_example: int,
+    temperature: float,
+    show: bool,
+) -> tuple[list[Example], dict[str, int]]:
+    """The new examples (paraphrases by the base model, then template variations) and why rewrites were dropped."""
     from tuneforge.progress import console
-    from tuneforge.train.loop import run_training
+    from tuneforge.recipes.runs import load_any
+
+    new: list[Example] = []
+    dropped: dict[str, int] = {}
+    if n_paraphrases > 0:
+        lm = load_any(cfg.model.name, chat_template=cfg.model.chat_template)
+        if show:
+            console.print(f"Paraphrasing {len(train)} training prompts x{n_paraphrases} with {lm.name}")
+        para, dropped = paraphrases(train, model_generate_fn(lm, temperature), n_paraphrases, cfg.seed)
+        new += para
+        del lm
+        gc.collect()
+    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
+    if templates and per_example > 0:
+        new += template_variants(train, templates, per_example, cfg.seed)
+    return new, dropped
+
+
+def _measure(cfg: RunConfig, out: Path, files: dict[str, Path | None], show: bool) -> dict[str, Any]:
+    """Train on the original and the augmented training file, scored on the same test split; then the original
+    again for as many steps as the augmented run took."""
+
+    def run_config(name: str, train_file: Path | None) -> RunConfig:
+        return fixed_split_config(
+            cfg, out / name, train_file, files["validation"], files["test"], dedupe="exact"
+        )
+
+    runs = {name: _train_and_score(run_config(name, files[key]), show) for name, key in RUN_FILES.items()}
+    # More examples at the same epochs is also more steps: train the original as long as the augmented run,
+    # so that the effect of the added examples is told apart from the effect of training longer.
+    steps = runs["augmented"]["steps"]
+    if steps > runs["original"]["steps"]:
+        longer = run_config("original-same-steps", files["train"])
+        longer = longer.model_copy(
+            update={
+                "train": longer.train.model_copy(update={"max_steps": steps, "early_stopping_patience": None})
+            }
+        )
+        runs["original_same_steps"] = _train_and_score(longer, show)
+    out_: dict[str, Any] = {"runs": runs}
+    b = runs["augmented"]["headline"]
+    for key, run in (("delta", "original"), ("delta_same_steps", "original_same_steps")):
+        if run in runs:
+            a = runs[run]["headline"]
+            out_[key] = {k: b[k] - a[k] for k in a if k in b}
+    return out_
+
+
+RUN_FILES = {"original": "train", "augmented": "augmented_train"}
+
+
+def _train_and_score(cfg: RunConfig, show: bool) -> dict[str, Any]:
+    from tuneforge.data.tokenize import label_set
+    from tuneforge.progress import console
 
     if show:
         console.print(f"[bold]training {cfg.run_dir}[/]")
-    result, ft = run_training(cfg, overwrite=True)
-    tuned = trained_model(ft)
-    test = ft.splits["test"][: cfg.eval.max_examples] if cfg.eval.max_examples else ft.splits["test"]
-    labels = label_set(ft.splits["train"] + test)
-    scored = run_variant(Variant("tuned", Path(cfg.run_dir).name, tuned), test, cfg.data, cfg.eval, labels)
-    row = {
-        "train_examples": len(ft.splits["train"]),
-        "steps": result.steps,
-        "train_seconds": round(result.train_seconds, 1),
-        "best_val_loss": result.best_val_loss,
-        "headline": scored["headline"],
-    }
-    ft.cleanup()
-    import shutil
-
-    shutil.rmtree(Path(cfg.run_dir) / "checkpoints", ignore_errors=True)
+    result, rec = train_run(cfg, overwrite=True)
+    try:
+        test = rec.splits["test"][: cfg.eval.max_examples] if cfg.eval.max_examples else rec.splits["test"]
+        scored = rec.score(test, label_set(rec.splits["train"] + test), Path(cfg.run_dir).name)
+        row = {
+            "train_examples": len(rec.splits["train"]),
+            "steps": result.steps,
+            "train_seconds": round(result.train_seconds, 1),
+            "best_val_loss": result.best_val_loss,
+            "headline": scored["headline"],
+        }
+    finally:
+        rec.loop.cleanup()
+    shutil.rmtree(rec.run.checkpoints, ignore_errors=True)
     return row
 
 

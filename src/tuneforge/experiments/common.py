@@ -7,24 +7,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import RunConfig, build_config
+from tuneforge.config import RunConfig
 from tuneforge.data.schema import Example
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.recipes.build import build_config
+
+
+def one_training_set(cfg: RunConfig, what: str) -> None:
+    """Refuse a staged config where an experiment varies one training set."""
+    if cfg.stages:
+        raise ConfigError(
+            f"{what} works on one training set, and this config trains {len(cfg.stages)} stages, each on its own "
+            "data",
+            f"run {what} on the config of the stage you want to improve (its data and method)",
+        )
 
 
 def prepare(cfg: RunConfig) -> Any:
     """Read, clean, validate and split the run's data as training would (token lengths with the model's
-    tokenizer), without loading the model's weights."""
+    tokenizer, as its recipe counts them), without loading the model's weights."""
     from tuneforge.data.prepare import prepare_data
-    from tuneforge.data.tokenize import count_tokens_fn
     from tuneforge.models.load import base_path_for, load_tokenizer
     from tuneforge.models.registry import resolve
     from tuneforge.progress import Steps
+    from tuneforge.recipes.splits import token_counter
 
     tok, _ = load_tokenizer(
         base_path_for(resolve(cfg.model.name), Steps(f"Preparing {cfg.model.name}")), cfg.model.chat_template
     )
-    return prepare_data(cfg.data, cfg.seed, count_tokens_fn(tok, cfg.data))
+    return prepare_data(cfg.data, cfg.seed, token_counter(cfg, tok))
 
 
 def to_record(ex: Example) -> dict[str, Any]:

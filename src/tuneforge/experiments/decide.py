@@ -27,7 +27,9 @@ from tuneforge.data.tokenize import conversation, label_set
 from tuneforge.errors import TuneforgeError
 from tuneforge.eval.compare import Variant, pick_shots, run_variant, with_shots
 from tuneforge.experiments import rag
-from tuneforge.models.load import LoadedModel, load_model
+from tuneforge.models.load import LoadedModel
+from tuneforge.recipes.runs import load_any, saved_splits
+from tuneforge.rundir import RunDir
 
 TRAINING = {"fine_tuned"}
 
@@ -84,24 +86,21 @@ def decide(
     seed: int = 0,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    from tuneforge.api import test_split_of
     from tuneforge.config import EvalConfig
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TuneforgeError(f"run folder {run_dir} does not exist", "train first: `tuneforge train CONFIG`")
-    tuned = load_model(str(run_dir))
+    tuned = load_any(str(run_dir))
     if tuned.run_dir is None:
         raise TuneforgeError(f"{run_dir} is not a tuneforge run", "pass the folder `tuneforge train` wrote")
-    train, _val, test, rcfg = test_split_of(run_dir)
+    train, _val, test, rcfg = saved_splits(run_dir)
     if not test:
         raise TuneforgeError(f"run {run_dir} has no test split", "train with data.split.test > 0")
     if max_examples:
         test = test[:max_examples]
     shared = getattr(tuned.model, "peft_config", None) is not None
-    base: LoadedModel = (
-        tuned if shared else load_model(rcfg.model.name, chat_template=rcfg.model.chat_template)
-    )
+    base: LoadedModel = tuned if shared else load_any(rcfg.model.name, chat_template=rcfg.model.chat_template)
     labels = label_set(list(train) + list(test))
     ecfg = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, few_shot=few_shot)
 
@@ -184,10 +183,7 @@ def decide(
 
 
 def _training_info(run_dir: Path) -> dict[str, Any]:
-    from tuneforge.train.rundir import RunDir
-
-    done = RunDir(run_dir).done
-    return json.loads(done.read_text()) if done.is_file() else {}
+    return RunDir(run_dir).read_done()
 
 
 def recommend(rows: list[dict[str, Any]], tolerance: float, metric: str) -> dict[str, Any]:

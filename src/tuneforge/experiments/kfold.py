@@ -2,9 +2,10 @@
 
 The run's data is prepared as training prepares it; its test split stays aside, and the rest (train +
 validation) is cut into k folds, stratified by answer where the config stratifies. Fold i trains on the other
-k-1 folds and is scored on fold i: validation loss and perplexity, and the tuned model's generated answers with
-the task metrics (eval/metrics.py). Every metric is reported as mean ± standard deviation (n-1) over the folds,
-with each fold's value. Fold runs are `<out>/fold-i/` (checkpoints removed when done).
+k-1 folds and is scored on fold i: validation loss (and perplexity for a language model), and the tuned model's
+scores — its generated answers with the task metrics (eval/metrics.py), or a classifier's accuracy and macro-F1.
+Every metric is reported as mean ± standard deviation (n-1) over the folds, with each fold's value. Fold runs are
+`<out>/fold-i/` (checkpoints removed when done); a staged config is refused (its stages train on different data).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.experiments.common import fixed_split_config, mean_std, prepare, write_records
+from tuneforge.experiments.common import (
+    fixed_split_config,
+    mean_std,
+    one_training_set,
+    prepare,
+    write_records,
+)
+from tuneforge.recipes.run import train
 
 
 def fold_indices(n: int, k: int, strata: list[str], seed: int) -> list[list[int]]:
@@ -35,15 +43,13 @@ def fold_indices(n: int, k: int, strata: list[str], seed: int) -> list[list[int]
 
 
 def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bool = True) -> dict[str, Any]:
-    from tuneforge.api import trained_model
     from tuneforge.data.split import strata_key
     from tuneforge.data.tokenize import label_set
-    from tuneforge.eval.compare import Variant, run_variant
     from tuneforge.progress import console
-    from tuneforge.train.loop import run_training
 
     if k < 2:
         raise ConfigError(f"k-fold needs k >= 2 (got {k})", "pass --k 5")
+    one_training_set(cfg, "k-fold")
     out = Path(out or Path(cfg.run_dir).with_name(Path(cfg.run_dir).name + "-kfold"))
     prepared = prepare(cfg)
     pool = prepared.train + prepared.validation
@@ -67,22 +73,7 @@ def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bo
             console.print(
                 f"[bold]fold {i + 1}/{k}[/]: {len(pool) - len(val_idx)} train, {len(val_idx)} held out"
             )
-        result, ft = run_training(fcfg, overwrite=True)
-        tuned = trained_model(ft)
-        val = ft.splits["validation"]
-        if cfg.eval.max_examples:
-            val = val[: cfg.eval.max_examples]
-        scored = run_variant(Variant("tuned", f"fold {i + 1}", tuned), val, fcfg.data, cfg.eval, labels)
-        last = ft.validation_loss()  # the kept (best) weights, as finish() restored them
-        row = {
-            "best val loss": result.best_val_loss if result.best_val_loss is not None else last["val_loss"],
-            "val perplexity": last["val_ppl"],
-            **scored["headline"],
-        }
-        rows.append(row)
-        ft.cleanup()
-        del ft, tuned
-        gc.collect()
+        rows.append(_fold(fcfg, labels, f"fold {i + 1}"))
         shutil.rmtree(fold_dir / "run" / "checkpoints", ignore_errors=True)
     names = [n for n in rows[0] if all(n in r for r in rows)]
     summary: dict[str, Any] = {
@@ -101,6 +92,27 @@ def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bo
         print_kfold(summary, console)
         console.print(f"Written: {out / 'kfold.json'}, {out / 'kfold.md'}")
     return summary
+
+
+def _fold(fcfg: RunConfig, labels: list[str], title: str) -> dict[str, float]:
+    """Train one fold (language model or classifier alike) and score it on its held-out fold."""
+    result, rec = train(fcfg, overwrite=True)
+    try:
+        val = rec.splits["validation"]
+        if fcfg.eval.max_examples:
+            val = val[: fcfg.eval.max_examples]
+        scored = rec.score(val, labels, title)
+        last = rec.loop.validation_loss()  # the kept (best) weights, as finish() restored them
+        row = {
+            "best val loss": result.best_val_loss if result.best_val_loss is not None else last["val_loss"]
+        }
+        if "val_ppl" in last:  # language models
+            row["val perplexity"] = last["val_ppl"]
+        return row | scored["headline"]
+    finally:
+        rec.loop.cleanup()
+        del rec
+        gc.collect()
 
 
 def markdown(summary: dict[str, Any]) -> str:

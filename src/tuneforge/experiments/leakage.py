@@ -202,14 +202,13 @@ def leakage_of_run(run: Any, canaries: Sequence[str] = (), max_examples: int = 1
     """The leakage report of a tuned run folder, on its own saved splits."""
     from pathlib import Path
 
-    from tuneforge.api import test_split_of
     from tuneforge.errors import TuneforgeError
-    from tuneforge.models.load import load_model
+    from tuneforge.recipes.runs import load_any, saved_splits
 
     run = Path(run)
     if not run.is_dir():
         raise TuneforgeError(f"run folder {run} does not exist", "train first: `tuneforge train CONFIG`")
-    train, _val, test, cfg = test_split_of(run)
+    train, _val, test, cfg = saved_splits(run)
     return leakage_report(
-        load_model(str(run)), train, test, cfg.data, canaries=canaries, max_examples=max_examples
+        load_any(str(run)), train, test, cfg.data, canaries=canaries, max_examples=max_examples
     )

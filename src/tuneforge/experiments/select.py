@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,61 +22,59 @@ from tuneforge.errors import TuneforgeError
 def evaluate_candidate(
     cfg: RunConfig, name: str, *, few_shot: int, max_examples: int, metric: str | None, timing: bool
 ) -> dict[str, Any]:
-    from tuneforge.api import trained_model
+    from tuneforge.recipes.run import probe
+
+    with probe(cfg, model=name) as rec:
+        val = rec.splits["validation"][:max_examples]
+        if not val:
+            raise TuneforgeError(
+                "model selection scores candidates on the validation split, which is empty",
+                "set data.split.validation > 0 or data.validation",
+            )
+        row = _scores(rec, name, val, few_shot, metric)
+        est = rec.estimate(timing=timing)
+        loop = rec.loop
+        seconds = (
+            est.seconds_per_epoch * loop.total_steps / loop.steps_per_epoch
+            if est.seconds_per_epoch is not None
+            else None
+        )
+        row.update(
+            peak_memory_gib=est.peak_bytes / 2**30,
+            fits=est.fits,
+            train_seconds=seconds,
+            steps=loop.total_steps,
+        )
+    gc.collect()
+    return row
+
+
+def _scores(rec: Any, name: str, val: list, few_shot: int, metric: str | None) -> dict[str, Any]:
+    """The untouched candidate zero- and few-shot on the validation examples, and its loss on their answers."""
     from tuneforge.data.tokenize import label_set
     from tuneforge.eval.compare import Variant, pick_shots, run_variant, validation_loss
     from tuneforge.experiments.decide import primary_metric
-    from tuneforge.train.loop import FineTune
 
-    with tempfile.TemporaryDirectory(prefix="tuneforge-select-") as tmp:
-        probe = cfg.model_copy(deep=True)
-        probe.model.name = name
-        probe.run_dir = tmp
-        probe.train.memory_check = False
-        probe.tracking.backends = []
-        ft = FineTune(probe)
-        ft.setup()
-        try:
-            val = ft.splits["validation"][:max_examples]
-            if not val:
-                raise TuneforgeError(
-                    "model selection scores candidates on the validation split, which is empty",
-                    "set data.split.validation > 0 or data.validation",
-                )
-            lm = trained_model(ft)
-            labels = label_set(ft.splits["train"] + val)
-            variants = [Variant("zero_shot", "zero-shot", lm, adapters=False)]
-            shots = pick_shots(ft.splits["train"], few_shot, probe.seed)
-            if shots:
-                variants.append(Variant("few_shot", f"{len(shots)}-shot", lm, adapters=False, shots=shots))
-            ecfg = probe.eval.model_copy(update={"few_shot": few_shot})
-            scored = [run_variant(v, val, probe.data, ecfg, labels) for v in variants]
-            vl = validation_loss(lm, val, probe.data, False, labels)
-            key = primary_metric(scored[0]["headline"], scored[0]["metrics"]["task"], metric)
-            est = ft.estimate(timing=timing)
-            seconds = (
-                est.seconds_per_epoch * ft.total_steps / ft.steps_per_epoch
-                if est.seconds_per_epoch is not None
-                else None
-            )
-            params = sum(p.numel() for p in lm.model.parameters())
-            return {
-                "model": name,
-                "params": params,
-                "metric": key,
-                "scores": {s["key"]: s["headline"][key] for s in scored},
-                "best": max(s["headline"][key] for s in scored),
-                "val_loss": vl["loss"] if vl else None,
-                "ms_per_example": {s["key"]: s["ms_per_example"] for s in scored},
-                "peak_memory_gib": est.peak_bytes / 2**30,
-                "fits": est.fits,
-                "train_seconds": seconds,
-                "steps": ft.total_steps,
-            }
-        finally:
-            ft.cleanup()
-            del ft
-            gc.collect()
+    cfg = rec.cfg
+    lm = rec.trained_model()
+    labels = label_set(rec.splits["train"] + val)
+    variants = [Variant("zero_shot", "zero-shot", lm, adapters=False)]
+    shots = pick_shots(rec.splits["train"], few_shot, cfg.seed)
+    if shots:
+        variants.append(Variant("few_shot", f"{len(shots)}-shot", lm, adapters=False, shots=shots))
+    ecfg = cfg.eval.model_copy(update={"few_shot": few_shot})
+    scored = [run_variant(v, val, cfg.data, ecfg, labels) for v in variants]
+    vl = validation_loss(lm, val, cfg.data, False, labels)
+    key = primary_metric(scored[0]["headline"], scored[0]["metrics"]["task"], metric)
+    return {
+        "model": name,
+        "params": sum(p.numel() for p in lm.model.parameters()),
+        "metric": key,
+        "scores": {s["key"]: s["headline"][key] for s in scored},
+        "best": max(s["headline"][key] for s in scored),
+        "val_loss": vl["loss"] if vl else None,
+        "ms_per_example": {s["key"]: s["ms_per_example"] for s in scored},
+    }
 
 
 def _candidate_or_error(cfg: RunConfig, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:

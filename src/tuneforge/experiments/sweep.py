@@ -10,7 +10,9 @@ A sweep file names a base run config and a search space over any config keys (`t
       train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}
       method.r: [4, 8, 16]
 
-Each trial is an ordinary training run (`<out>/trial-NNN/`) scored by its best validation loss. With `prune`,
+Each trial is an ordinary training run (`<out>/trial-NNN/`, trained as `tuneforge train` would: a classifier
+config trains its head, a staged config every stage) scored by its best validation loss (a staged run's: its last
+stage's). With `prune`,
 Optuna's median rule stops a trial whose validation loss at its k-th evaluation is worse than the median of the
 earlier trials at their k-th evaluation — evaluations, not steps, so trials with different batch sizes compare.
 Written to `out`: trials.csv and sweep.json (every trial, its parameters, value, state, steps and time),
@@ -31,8 +33,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tuneforge.config import RunConfig, apply_overrides, build_config, dump_config, load_config
+from tuneforge.config import RunConfig, apply_overrides, dump_config
 from tuneforge.errors import ConfigError
+from tuneforge.recipes.build import build_config, load_config
+from tuneforge.rundir import RunDir
 
 
 class Range(BaseModel):
@@ -117,6 +121,8 @@ def _suggest(trial: Any, key: str, spec: list[Any] | Range) -> Any:
 
 
 def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict[str, Any]:
+    """Run the sweep's trials (each through recipes.run.finetune: staged and classifier configs alike) and write
+    the results; returns the summary sweep.json holds."""
     try:
         import optuna
     except ImportError:
@@ -124,12 +130,41 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict
             "tuneforge sweep needs optuna", "pip install 'tuneforge[experiments]' (or pip install optuna)"
         ) from None
     from tuneforge.progress import console
-    from tuneforge.train.loop import run_training
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
+    study, n_trials = _study(optuna, sweep)
+    records: list[dict[str, Any]] = []
+
+    def objective(trial: Any) -> float:
+        rec = _trial(trial, sweep, base, out, show)
+        records.append(rec)
+        if rec["state"] == "pruned":
+            if show:
+                console.print(f"  pruned after {rec['steps']} steps (val loss {rec['val_curve'][-1]:.4f})")
+            raise optuna.TrialPruned()
+        if rec["value"] is None:
+            raise ConfigError(
+                "a sweep trial ran without validation, so it has no validation loss to compare",
+                "give the base config a validation split (data.split.validation > 0 or data.validation)",
+            )
+        return rec["value"]
+
+    study.optimize(objective, n_trials=n_trials, catch=())
+    summary = _write_results(sweep, base, records, out)
+    if show:
+        print_sweep(summary, list(sweep.space), console)
+        console.print(
+            f"Best config: [bold]{out / 'best.yaml'}[/]; table {out / 'trials.csv'}, plot {out / 'sweep.png'}"
+        )
+    return summary
+
+
+def _study(optuna: Any, sweep: SweepConfig) -> tuple[Any, int]:
+    """The Optuna study for the sweep's sampler and pruner, and how many trials to run."""
     keys = list(sweep.space)
+    combos: list[tuple] = []
     if sweep.sampler == "grid":
         grid = {k: list(v) for k, v in sweep.space.items()}  # type: ignore[arg-type]
         sampler: Any = optuna.samplers.GridSampler(grid, seed=sweep.seed)
@@ -151,61 +186,58 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict
         else optuna.pruners.NopPruner()
     )
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
-    if sweep.sampler == "grid":  # in the order the space lists them: readable, reproducible
-        for combo in combos[:n_trials]:
-            study.enqueue_trial(dict(zip(keys, combo, strict=True)))
-    records: list[dict[str, Any]] = []
+    for combo in combos[:n_trials]:  # grid: in the order the space lists them, readable and reproducible
+        study.enqueue_trial(dict(zip(keys, combo, strict=True)))
+    return study, n_trials
 
-    def objective(trial: Any) -> float:
-        params = {k: _suggest(trial, k, sweep.space[k]) for k in keys}
-        run_dir = out / f"trial-{trial.number:03d}"
-        cfg = apply_trial(base, params, run_dir)
-        state = {"evals": 0, "prune": False, "curve": []}
 
-        def on_event(kind: str, row: dict[str, Any]) -> None:
-            if kind == "metrics" and "val_loss" in row:
-                state["evals"] += 1
-                state["curve"].append(row["val_loss"])
-                trial.report(row["val_loss"], state["evals"])
-                if trial.should_prune():
-                    state["prune"] = True
+def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: bool) -> dict[str, Any]:
+    """Train one trial, reporting each validation to Optuna (which may prune it); its record for trials.csv."""
+    from tuneforge.progress import console
+    from tuneforge.recipes.run import finetune
 
-        if show:
-            console.print(
-                f"[bold]trial {trial.number}[/]: " + ", ".join(f"{k}={v}" for k, v in params.items())
-            )
-        t0 = time.time()
-        result, ft = run_training(cfg, overwrite=True, on_event=on_event, should_stop=lambda: state["prune"])
-        # A trial judged poor at its last evaluation has already trained every step: it is complete, not pruned.
-        state["prune"] = result.stopped_by_request
-        ft.cleanup()
-        del ft
-        gc.collect()
-        if not sweep.keep_checkpoints:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        rec = {
-            "trial": trial.number,
-            **params,
-            "value": result.best_val_loss,
-            "state": "pruned" if state["prune"] else "complete",
-            "steps": result.steps,
-            "seconds": round(time.time() - t0, 1),
-            "run_dir": str(run_dir),
-            "val_curve": state["curve"],
-        }
-        records.append(rec)
-        if state["prune"]:
-            if show:
-                console.print(f"  pruned after {result.steps} steps (val loss {state['curve'][-1]:.4f})")
-            raise optuna.TrialPruned()
-        if result.best_val_loss is None:
-            raise ConfigError(
-                "a sweep trial ran without validation, so it has no validation loss to compare",
-                "give the base config a validation split (data.split.validation > 0 or data.validation)",
-            )
-        return result.best_val_loss
+    params = {k: _suggest(trial, k, sweep.space[k]) for k in sweep.space}
+    run_dir = out / f"trial-{trial.number:03d}"
+    cfg = apply_trial(base, params, run_dir)
+    state: dict[str, Any] = {"evals": 0, "prune": False, "curve": []}
 
-    study.optimize(objective, n_trials=n_trials, catch=())
+    def on_event(kind: str, row: dict[str, Any]) -> None:
+        if kind == "metrics" and "val_loss" in row:
+            state["evals"] += 1
+            state["curve"].append(row["val_loss"])
+            trial.report(row["val_loss"], state["evals"])
+            if trial.should_prune():
+                state["prune"] = True
+
+    if show:
+        console.print(f"[bold]trial {trial.number}[/]: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    t0 = time.time()
+    summary = finetune(
+        cfg, overwrite=True, evaluate=False, on_event=on_event, should_stop=lambda: state["prune"], show=False
+    )
+    gc.collect()
+    if not sweep.keep_checkpoints:  # the run's, and each stage's of a staged run
+        for folder in [run_dir, *run_dir.glob("stage-*")]:
+            shutil.rmtree(RunDir(folder).checkpoints, ignore_errors=True)
+    done = summary["train"]
+    return {
+        "trial": trial.number,
+        **params,
+        "value": done.get("best_val_loss"),
+        # A trial judged poor at its last evaluation has already trained every step: complete, not pruned.
+        "state": "pruned" if done["stopped_by_request"] else "complete",
+        "steps": done.get("steps"),
+        "seconds": round(time.time() - t0, 1),
+        "run_dir": str(run_dir),
+        "val_curve": state["curve"],
+    }
+
+
+def _write_results(
+    sweep: SweepConfig, base: RunConfig, records: list[dict[str, Any]], out: Path
+) -> dict[str, Any]:
+    """best.yaml, sweep.json, trials.csv and sweep.png; the summary."""
+    keys = list(sweep.space)
     complete = [r for r in records if r["state"] == "complete" and r["value"] is not None]
     if not complete:
         raise ConfigError("every trial was pruned", "set prune: false or pruner.startup_trials >= 1")
@@ -231,11 +263,6 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict
         for r in records:
             w.writerow({k: r[k] for k in w.fieldnames})
     plot_sweep(summary, keys, out / "sweep.png")
-    if show:
-        print_sweep(summary, keys, console)
-        console.print(
-            f"Best config: [bold]{out / 'best.yaml'}[/]; table {out / 'trials.csv'}, plot {out / 'sweep.png'}"
-        )
     return summary
 
 

@@ -356,7 +356,7 @@ class Worker:
     def _results_file(self, db: Session, job: Job, run_dir: Path) -> str:
         """metrics.jsonl as OpenAI's results CSV (step, train_loss, train_accuracy, valid_loss,
         valid_mean_token_accuracy), stored as a file with purpose fine-tune-results."""
-        from tuneforge.train.rundir import RunDir
+        from tuneforge.rundir import RunDir
 
         rows: dict[int, dict[str, Any]] = {}
         for r in RunDir(run_dir).read_metrics():

@@ -1,5 +1,5 @@
 """Sequence classification: a classification head on an encoder (all-MiniLM-L6-v2: `model.name: minilm-l6`) or a
-decoder (SmolLM2: the last token's hidden state is classified), trained by its own recipe (train/classify.py) on
+decoder (SmolLM2: the last token's hidden state is classified), trained by its own recipe (recipes/classify.py) on
 classification data (`text` + `label`). The backbone trains fully, through LoRA/DoRA adapters, or not at all
 (`freeze_base`: a linear probe). The head always trains.
 
@@ -17,9 +17,9 @@ from torch import nn
 from tuneforge.config import RunConfig
 from tuneforge.methods import llrd, peft_common
 from tuneforge.methods.registry import MethodSpec, register
+from tuneforge.models.classifier import is_head
 
 ADAPTERS = ("none", "lora", "dora")
-HEAD_NAMES = ("classifier", "score")  # BERT-style and Llama-style head module names
 
 
 class ClassifierMethodConfig(llrd.LayerDecayOptions):
@@ -63,11 +63,6 @@ def check(cfg: RunConfig) -> None:
     objective = getattr(getattr(cfg, "objective", None), "name", "sft")
     if objective != "sft":
         raise ValueError(f"objective {objective} needs a language-model method: use method lora")
-
-
-def is_head(name: str) -> bool:
-    """Whether a parameter name belongs to the classification head (bare, or under a peft wrapper)."""
-    return name.split(".")[0] in HEAD_NAMES or ".score." in name
 
 
 def head_params(model: nn.Module) -> list[nn.Parameter]:

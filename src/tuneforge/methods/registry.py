@@ -45,8 +45,8 @@ class MethodSpec:
     on_step: Callable[[nn.Module, MethodConfig, int, float], str | None] | None = None
     # load_options(cfg) -> extra from_pretrained arguments for the base model (4-bit quantisation for QLoRA)
     load_options: Callable[[MethodConfig], dict] | None = None
-    # recipe: "lm" trains the causal-LM objective (train/loop.py); "classify" trains a classification head
-    # (train/classify.py)
+    # recipe: "lm" trains the causal-LM objective (recipes/lm.py); "classify" trains a classification head
+    # (recipes/classify.py); both through the one training loop (train/loop.py)
     recipe: str = "lm"
 
 

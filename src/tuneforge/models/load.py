@@ -1,4 +1,4 @@
-"""Loading base models and trained runs, and the one-off GGUF → safetensors conversion.
+"""Loading base models, and the one-off GGUF → safetensors conversion (trained runs: recipes/runs.py).
 
 transformers reads GGUF files (`gguf_file=`) and dequantises them to float, which takes a while and cannot be
 saved with `save_pretrained`. So the first load converts: the state dict goes to safetensors with the config
@@ -62,13 +62,21 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def autocast_inference(device: torch.device) -> bool:
+    """Whether evaluation and generation run under bf16 autocast here: on CPUs with fast bf16 (2-3x faster
+    matmuls); elsewhere in the weights' own dtypes."""
+    return device.type == "cpu" and cpu_has_fast_bf16()
+
+
 def inference_autocast(device: torch.device):
-    """bf16 autocast for evaluation and generation on CPUs with fast bf16 (2-3x faster matmuls), else none."""
+    """The autocast context of evaluation and generation (see autocast_inference)."""
     import contextlib
 
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if autocast_inference(device)
+        else contextlib.nullcontext()
+    )
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -293,7 +301,7 @@ def base_path_for(src: ModelSource, steps: Steps | None = None, revision: str | 
     raise ModelError(f"{src.name} is a run folder, not a base model", "give the run's base model instead")
 
 
-def _from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str, **options: Any):
+def causal_lm_from_pretrained(path: str, src: ModelSource, dtype: torch.dtype, attn: str, **options: Any):
     from transformers import AutoModelForCausalLM
 
     try:
@@ -320,19 +328,21 @@ def load_model(
     steps: Steps | None = None,
     load_options: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a base model or a trained run (base + adapter/weights) with its tokenizer, ready for inference.
+    """Load a base model with its tokenizer, ready for inference (a trained run: recipes/runs.py).
     `load_options`: extra from_pretrained arguments for a base model (a 4-bit quantization_config + device_map)."""
     quiet_transformers()
     src = resolve(name)
     dev = pick_device(device)
     attn_implementation = attention_for(attn_implementation, dev, training=False)
     tdtype = resolve_dtype(dtype, dev)
-    if src.kind == "run":
-        return _load_run(src, dev, tdtype, attn_implementation, steps)
+    if src.kind == "run":  # a run needs its method to load (recipes/runs.py: load_run)
+        raise ModelError(
+            f"{name} is a tuneforge run folder, not a base model", "give the run's base model instead"
+        )
 
     path = base_path_for(src, steps, revision)
     tok, origin = load_tokenizer(path, chat_template)
-    model = _from_pretrained(path, src, tdtype, attn_implementation, **(load_options or {}))
+    model = causal_lm_from_pretrained(path, src, tdtype, attn_implementation, **(load_options or {}))
     if "device_map" not in (load_options or {}):  # quantised weights are placed by their device_map
         model = model.to(dev)
     model.eval()
@@ -344,43 +354,4 @@ def load_model(
         base_path=path,
         template_origin=origin,
         stop_token_ids=templates.stop_token_ids(tok),
-    )
-
-
-def _load_run(
-    src: ModelSource, dev: torch.device, tdtype: torch.dtype, attn: str, steps: Steps | None
-) -> LoadedModel:
-    from tuneforge.config import load_config
-    from tuneforge.methods import registry
-
-    run_dir = src.run_dir
-    cfg = load_config(run_dir / "config.yaml")
-    spec = registry.get(cfg.method.name)
-    if spec.recipe == "classify":
-        raise ModelError(
-            f"{run_dir} is a classifier run: it answers with labels, not text",
-            f"score it with `tuneforge eval {run_dir}`",
-        )
-    artifact = run_dir / spec.artifact
-    base_src = resolve(cfg.model.name)
-    # The run's own tokenizer folder carries the chat template it was trained with.
-    tok, origin = load_tokenizer(str(artifact), None)
-    if spec.artifact == "model":
-        model = _from_pretrained(str(artifact), base_src, tdtype, attn)
-        base_path = str(artifact)
-    else:
-        base_path = base_path_for(base_src, steps, cfg.model.revision)
-        base = _from_pretrained(base_path, base_src, tdtype, attn)
-        model = spec.load(base, artifact)
-    model.to(dev).eval()
-    return LoadedModel(
-        model=model,
-        tokenizer=tok,
-        name=base_src.display,
-        source=src,
-        base_path=base_path,
-        template_origin="run",
-        stop_token_ids=templates.stop_token_ids(tok),
-        run_dir=run_dir,
-        method=cfg.method.name,
     )

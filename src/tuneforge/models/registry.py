@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import ModelError
+from tuneforge.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,6 @@ BUNDLED: dict[str, BundledModel] = {
     ]
 }
 
-DEFAULT_MODEL = "smollm2-135m"
-
 
 @dataclass(frozen=True)
 class BundledFolder:
@@ -182,7 +181,7 @@ class ModelSource:
 
 
 def is_run_dir(p: Path) -> bool:
-    return (p / "config.yaml").is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir())
+    return RunDir(p).is_run()
 
 
 def resolve(name: str) -> ModelSource:

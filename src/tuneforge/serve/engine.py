@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneforge.models.adapters import adapters_off
-from tuneforge.models.load import LoadedModel, load_model, load_tokenizer
+from tuneforge.models.load import LoadedModel, load_tokenizer
 from tuneforge.models.templates import stop_token_ids
+from tuneforge.recipes.runs import load_any
+from tuneforge.rundir import RunDir
 from tuneforge.serve.errors import overloaded
 from tuneforge.settings import Settings
 
@@ -126,11 +128,11 @@ class Engine:
         thread."""
         if target.kind == "full":
             entry = self._entry(
-                f"full:{target.id}", lambda: load_model(str(target.run_dir), device=self.settings.device)
+                f"full:{target.id}", lambda: load_any(str(target.run_dir), device=self.settings.device)
             )
             return Prepared(target, entry, entry.lm.tokenizer, entry.lm.stop_token_ids, None)
         base = self.settings.base_models.get(target.base_id, target.source)
-        entry = self._entry(f"base:{target.base_id}", lambda: load_model(base, device=self.settings.device))
+        entry = self._entry(f"base:{target.base_id}", lambda: load_any(base, device=self.settings.device))
         if target.kind == "base":
             return Prepared(target, entry, entry.lm.tokenizer, entry.lm.stop_token_ids, None)
         adapter = entry.adapters.get(target.id)
@@ -158,7 +160,7 @@ class Engine:
     def _load_adapter(self, entry: _Entry, target: Target) -> _Adapter:
         from peft import PeftModel
 
-        folder = Path(target.run_dir) / "adapter"
+        folder = RunDir(target.run_dir).artifact("adapter")
         name = "a_" + "".join(c if c.isalnum() else "_" for c in target.id.rsplit(":", 1)[-1])
         model = entry.lm.model
         if getattr(model, "peft_config", None) is None:

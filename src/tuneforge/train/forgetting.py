@@ -98,6 +98,8 @@ class Distill(Objective):
 class EWC:
     """lambda * sum F * drift^2 over (drift function, Fisher) terms; backward() adds its gradient layer by layer."""
 
+    name = "ewc_penalty"  # how the loop logs its value
+
     def __init__(self, lam: float, terms: list[tuple[Callable[[], torch.Tensor], torch.Tensor]]):
         self.lam = lam
         self.terms = terms

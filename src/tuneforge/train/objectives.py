@@ -7,10 +7,13 @@ train/preference.py) and the forgetting mitigations (distillation: train/forgett
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from tuneforge.config import RunConfig
 from tuneforge.ops.lm_loss import weighted_lm_loss
 
 
@@ -32,6 +35,7 @@ class Objective:
     name = "sft"
     accuracy = "token_accuracy"  # the name under which `correct / norm` is logged
     pairs = False  # training items are (chosen, rejected) pairs
+    perplexity = True  # validation reports exp(loss) (meaningless for a preference or a classification loss)
 
     def tokenize(self, examples, tok, data_cfg, labels, split):
         from tuneforge.data.tokenize import tokenize_examples
@@ -55,8 +59,9 @@ class Objective:
         return self.loss(model, batch)
 
 
-def build_objective(cfg) -> Objective:
-    """The run's objective: SFT, DPO or ORPO, wrapped by the forgetting mitigations it asks for."""
+def build_objective(cfg: RunConfig) -> Objective:
+    """The language-model run's objective: SFT, DPO or ORPO (`objective.name`); with `forgetting.distill`, SFT plus a
+    KL term towards the base model (train/forgetting.py; recipes/build.py allows distillation with SFT only)."""
     name = cfg.objective.name
     if name == "sft":
         obj: Objective = Objective()
@@ -71,33 +76,33 @@ def build_objective(cfg) -> Objective:
     return obj
 
 
-def check_objective(cfg) -> None:
-    """Combinations that cannot work are refused when the config is built, saying what to use instead."""
-    from tuneforge.methods import registry
+class Classification(Objective):
+    """Cross-entropy over the labels of a sequence-classification head (recipes/classify.py). Items are
+    `Labeled` token ids, padded by the head's own tokenizer; the units are texts."""
 
-    o, f = cfg.objective, cfg.forgetting
-    spec = registry.get(cfg.method.name)
-    adapters = spec.artifact == "adapter"
-    if o.name in ("dpo", "orpo"):
-        if cfg.data.format not in ("auto", "preference"):
-            raise ValueError(
-                f"objective {o.name} learns from preference pairs but data.format is {cfg.data.format}: give "
-                "records with prompt/chosen/rejected (data.format: preference), or use objective sft"
-            )
-        if cfg.train.packing:
-            raise ValueError(f"objective {o.name} compares whole answers: set train.packing to false")
-        if f.replay > 0 or f.distill > 0:
-            raise ValueError(
-                f"forgetting.replay and forgetting.distill work with objective sft; with {o.name} use "
-                "forgetting.ewc (dpo's beta already keeps the model near its reference)"
-            )
-        if o.name == "dpo" and not adapters:
-            raise ValueError(
-                f"objective dpo takes its reference from the base model with adapters off, and method "
-                f"{cfg.method.name} has none: use method lora, or objective orpo (no reference model)"
-            )
-    if f.distill > 0 and not adapters:
-        raise ValueError(
-            f"forgetting.distill compares with the base model (the same weights with adapters off), and method "
-            f"{cfg.method.name} has no adapters: use method lora, or forgetting.replay / forgetting.ewc"
-        )
+    name = "classification"
+    accuracy = "accuracy"
+    perplexity = False
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def tokenize(self, examples, tok, data_cfg, labels, split):
+        from tuneforge.data.tokenize import encode_labeled
+
+        return encode_labeled(examples, tok, labels, data_cfg.max_length), None
+
+    def collate(self, items, pad_id: int) -> dict[str, torch.Tensor]:
+        from tuneforge.data.collate import collate_labeled
+
+        return collate_labeled(items, self.tokenizer)
+
+    def norm(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(len(batch["labels"]))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepLoss:
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        correct = float((logits.argmax(-1) == labels).sum())
+        return StepLoss(loss, float(len(labels)), correct)

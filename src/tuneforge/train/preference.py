@@ -149,6 +149,7 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
 class _Preference(Objective):
     accuracy = "reward_accuracy"
     pairs = True
+    perplexity = False
 
     def __init__(self, beta: float):
         self.beta = beta

@@ -1,6 +1,6 @@
 """Experiment tracking: a run's metrics and messages also go to TensorBoard and/or MLflow.
 
-Hooked through the training loop's event callback (`FineTune.on_event`), so the loop knows nothing of either
+Hooked through the training loop's event callback (`Loop.on_event`), so the loop knows nothing of either
 tool. Enabled per run with `tracking.backends: [tensorboard, mlflow]`:
 
 - TensorBoard: event files in `<run_dir>/tensorboard` (`tensorboard --logdir runs`).
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ConfigError
+from tuneforge.rundir import RunDir
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -67,7 +68,7 @@ class Tracker:
                     "tracking.backends has tensorboard but the tensorboard package is not installed",
                     "pip install 'tuneforge[experiments]' (or pip install tensorboard)",
                 ) from None
-            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), flush_secs=10)
+            self.tb = SummaryWriter(log_dir=str(RunDir(self.run_dir).tensorboard), flush_secs=10)
             self.tb.add_text("config", "```\n" + "\n".join(f"{k}: {v}" for k, v in params.items()) + "\n```")
         if "mlflow" in backends:
             try:
