@@ -188,7 +188,7 @@ def test_a_job_that_keeps_crashing_fails_after_max_attempts_with_every_reason(
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_fine_tuned_model_ids_follow_openai(db_url):
-    from tuneforge.jobs.worker import fine_tuned_model_id
+    from tuneforge.jobs.openai import fine_tuned_model_id
 
     assert fine_tuned_model_id("tiny", "alice", "caps", "ftjob-abc") == "ft:tiny:alice:caps:abc"
     assert fine_tuned_model_id("smollm2-135m", "bob", None, "ftjob-x1") == "ft:smollm2-135m:bob::x1"

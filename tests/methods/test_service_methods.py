@@ -6,11 +6,11 @@ import pytest
 
 
 def test_service_jobs_accept_every_language_model_method(tmp_path):
-    from tuneforge.jobs import recipe
+    from tuneforge.jobs import openai
     from tuneforge.serve.schemas import JobCreate
 
     def job_cfg(training_type: str):
-        return recipe.run_config(
+        return openai.run_config(
             run_dir=tmp_path / training_type,
             base_source="smollm2-135m",
             train_path=tmp_path / "t.jsonl",

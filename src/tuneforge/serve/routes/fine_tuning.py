@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tuneforge.jobs import store
+from tuneforge.jobs.openai import checkpoint_model_id, fine_tuned_model_id
 from tuneforge.jobs.store import Job, JobCheckpoint, JobEvent
-from tuneforge.jobs.worker import fine_tuned_model_id
 from tuneforge.serve.auth import Tenant
 from tuneforge.serve.deps import SessionDep, SettingsDep
 from tuneforge.serve.errors import bad_request, not_found
@@ -266,7 +266,7 @@ def checkpoints(
         {
             "id": c.id,
             "created_at": c.created_at,
-            "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{c.step_number}",
+            "fine_tuned_model_checkpoint": checkpoint_model_id(model, c.step_number),
             "fine_tuning_job_id": job.id,
             "metrics": c.metrics,
             "step_number": c.step_number,

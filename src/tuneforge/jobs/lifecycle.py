@@ -1,0 +1,509 @@
+"""The life of one leased job: `JobRun` takes it from the state the worker found it in to its next one
+(validating its files, training it, recording how it ended), and `_EventSink` turns the training loop's events
+into the job's events, checkpoints and progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.config import RunConfig
+from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
+from tuneforge.jobs import openai, store
+from tuneforge.jobs.checks import JobError, check_file, check_method_fits
+from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
+from tuneforge.settings import Settings
+from tuneforge.rundir import RunDir
+
+log = logging.getLogger("tuneforge.worker")
+
+
+class LostLease(Exception):
+    """Another worker took the job over: this one must stop touching it."""
+
+
+class JobRun:
+    """One job, from the lease a worker took on it to the job's next state:
+
+      validating_files → (files read and checked with OpenAI's rules) → queued → running → succeeded
+                                                                                 ↘ paused ↔ queued, cancelled, failed
+
+    A job whose previous worker stopped renewing its lease resumes from its last complete checkpoint
+    (`finetune(cfg, resume=True)`), which ends exactly where an uninterrupted run ends. A job that crashed or
+    lost its worker `max_attempts` times fails with every reason recorded. Pause and cancel are flags in the job
+    row, read by the training loop's `should_stop` hook; the loop then writes a checkpoint and returns, and the
+    new status is recorded here. `lost` is set by the worker's heartbeat when the lease is gone, `stopping` when
+    the worker shuts down (the job then goes back to the queue).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        worker_id: str,
+        lease: Lease,
+        lost: threading.Event,
+        stopping: threading.Event,
+    ):
+        self.settings, self.sessions, self.worker_id, self.lease = settings, sessions, worker_id, lease
+        self.lost, self.stopping = lost, stopping
+
+    def run(self) -> None:
+        """Take the job to its next state; a failure becomes the job's error, a crash another attempt."""
+        try:
+            self._run()
+        except LostLease:
+            log.warning(
+                "job %s was taken over by another worker; %s lets go of it", self.lease.job_id, self.worker_id
+            )
+        except JobError as e:
+            self._fail(e.as_dict())
+        except TuneforgeError as e:
+            self._fail({"code": _error_code(e), "message": str(e), "param": None})
+        except Exception as e:  # a crash: another attempt may succeed (out of memory, a full disk ...)
+            log.exception("job %s crashed", self.lease.job_id)
+            self._crashed(f"{type(e).__name__}: {e}", traceback.format_exc(limit=3))
+
+    def _run(self) -> None:
+        if self.lease.recovered:
+            self._record_lost_lease()
+        job = self._take_up()
+        if job is None:
+            return
+        resolved = self._validate(job) if job.resolved is None else job.resolved
+        cfg = self._run_config(job, resolved)
+        run_dir = Path(job.run_dir)
+        resume = (run_dir / "config.yaml").is_file()
+        self._mark_running(resume)
+        summary = self._train(cfg, resume)
+        if self.lost.is_set():
+            raise LostLease()
+        with store.transaction(self.sessions) as db:
+            row = db.get_one(Job, _pk(db, self.lease.job_id))
+            if summary["train"].get("stopped_by_request"):
+                self._stopped(db, row)
+            else:
+                self._succeeded(db, row, run_dir, summary["train"])
+
+    # ---------------------------------------------------------------------------------------- before training
+    def _record_lost_lease(self) -> None:
+        """The previous worker died holding the job: that counts as a failed attempt."""
+        lease = self.lease
+        with store.transaction(self.sessions) as db:
+            job = db.get_one(Job, _pk(db, lease.job_id))
+            reason = f"worker {lease.previous_owner} stopped renewing its lease (attempt {lease.attempt - 1})"
+            job.failures = [*job.failures, reason]
+            store.add_event(db, job.id, f"{reason}; resuming from the last checkpoint", level="warn")
+
+    def _take_up(self) -> _JobView | None:
+        """The job as it stands, or None if it was cancelled or paused while it waited (it is then ended)."""
+        s = self.settings
+        with store.transaction(self.sessions) as db:
+            job = db.get_one(Job, _pk(db, self.lease.job_id))
+            if len(job.failures) >= s.max_attempts:
+                reasons = "; ".join(job.failures[-s.max_attempts :])
+                raise JobError(
+                    "max_attempts_exceeded",
+                    f"the job failed {len(job.failures)} times and was given up: {reasons}",
+                )
+            if job.control == "cancel":
+                self._finish(db, job, "cancelled", "Job cancelled")
+                return None
+            if job.control == "pause":
+                self._finish(db, job, "paused", "Job paused")
+                return None
+            if job.run_dir is None:
+                job.run_dir = str(s.runs_dir / job.id)
+            return _JobView.of(job)
+
+    def _validate(self, job: _JobView) -> dict[str, Any]:
+        """validating_files → queued: OpenAI's checks on the files, then the "auto" hyperparameters resolved."""
+        self._event(f"Validating training file: {job.training_file}")
+        train_path, val_path = self._file_paths(job)
+        labels = self._file_labels(job)
+        checked = check_file(train_path, "training_file", labels[0], self.settings.min_examples)
+        check_method_fits(checked, job.method_type, "training_file", labels[0])
+        n_val = None
+        if val_path is not None:
+            self._event(f"Validating validation file: {job.validation_file}")
+            checked_val = check_file(val_path, "validation_file", labels[1], 1)
+            check_method_fits(checked_val, job.method_type, "validation_file", labels[1])
+            n_val = len(checked_val.examples)
+        resolved = openai.resolve(job.hyperparameters, len(checked.examples))
+        with store.transaction(self.sessions) as db:
+            self._check_lease(db)
+            row = db.get_one(Job, _pk(db, self.lease.job_id))
+            row.resolved = resolved
+            row.status = "queued"
+            counts = f"{len(checked.examples)} training examples" + (
+                f", {n_val} validation examples" if n_val is not None else ""
+            )
+            store.add_event(
+                db, row.id, f"Files validated ({counts}, format {checked.format}), moving job to queued state"
+            )
+            if checked.warnings:
+                first = checked.warnings[0]
+                store.add_event(
+                    db,
+                    row.id,
+                    f"{len(checked.warnings)} warning(s) in the training file, e.g. {first.code}: {first.message}",
+                    level="warn",
+                )
+        return resolved
+
+    def _file_paths(self, job: _JobView) -> tuple[Path, Path | None]:
+        with self.sessions() as db:
+            out: list[Path | None] = []
+            for param, fid in (
+                ("training_file", job.training_file),
+                ("validation_file", job.validation_file),
+            ):
+                if fid is None:
+                    out.append(None)
+                    continue
+                f = db.scalar(select(store.File).where(store.File.id == fid, store.File.owner == job.owner))
+                if f is None or not Path(f.path).is_file():
+                    raise JobError(
+                        "file_not_found", f"file {fid} was deleted before the job could use it", param
+                    )
+                out.append(Path(f.path))
+        return out[0], out[1]  # type: ignore[return-value]
+
+    def _file_labels(self, job: _JobView) -> tuple[str, str]:
+        with self.sessions() as db:
+            names = dict(
+                db.execute(
+                    select(store.File.id, store.File.filename).where(
+                        store.File.id.in_([x for x in (job.training_file, job.validation_file) if x])
+                    )
+                ).all()
+            )
+        label = "training file {} ({})"
+        return (
+            label.format(job.training_file, names.get(job.training_file, "?")),
+            "validation file {} ({})".format(job.validation_file, names.get(job.validation_file, "?")),
+        )
+
+    def _run_config(self, job: _JobView, resolved: dict[str, Any]) -> RunConfig:
+        s = self.settings
+        # looked up again: a job validated in an earlier attempt skips _validate, and a file may be gone since
+        train_path, validation_path = self._file_paths(job)
+        return openai.run_config(
+            run_dir=Path(job.run_dir),
+            base_source=self._base_source(job.model),
+            train_path=train_path,
+            validation_path=validation_path,
+            training_type=job.training_type,
+            method_type=job.method_type,
+            resolved=resolved,
+            extras=job.extras,
+            seed=job.seed,
+            base_learning_rate=openai.base_learning_rate(job.training_type, s),
+            max_length=int(job.extras.get("max_length") or s.max_length),
+        )
+
+    def _base_source(self, model: str) -> str:
+        source = self.settings.base_models.get(model)
+        if source is None:
+            raise JobError(
+                "model_not_available", f"base model {model!r} is no longer offered by this server", "model"
+            )
+        return source
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _mark_running(self, resume: bool) -> None:
+        with store.transaction(self.sessions) as db:
+            job = db.get_one(Job, _pk(db, self.lease.job_id))
+            self._check_lease(db)
+            job.status = "running"
+            job.started_at = job.started_at or int(store.now())
+            msg = "Fine-tuning job started" if not resume else "Fine-tuning job resumed"
+            store.add_event(db, job.id, f"{msg} (attempt {self.lease.attempt}, {self.worker_id})")
+
+    def _train(self, cfg: RunConfig, resume: bool) -> dict[str, Any]:
+        # Imported here: the recipes (and torch behind them) load when a job first trains, not whenever a worker
+        # starts.
+        from tuneforge.recipes.run import finetune
+
+        events = _EventSink(self)
+        return finetune(
+            cfg,
+            resume=resume,
+            overwrite=not resume,
+            evaluate=False,
+            on_event=events,
+            should_stop=events.should_stop,
+            device=self.settings.device,
+            show=False,
+        )
+
+    # ---------------------------------------------------------------------------------------------- end states
+    def _stopped(self, db: Session, job: Job) -> None:
+        """The loop stopped on request: the job's control flag, or this worker shutting down, says why."""
+        control = job.control
+        if control == "cancel":
+            self._finish(db, job, "cancelled", "Job cancelled")
+        elif control == "pause":
+            self._finish(db, job, "paused", f"Job paused at step {job.step}")
+        else:  # this worker is shutting down: another one continues from the checkpoint just written
+            self._finish(
+                db, job, "queued", f"Worker {self.worker_id} stopped; job re-queued at step {job.step}"
+            )
+
+    def _succeeded(self, db: Session, job: Job, run_dir: Path, train: dict[str, Any]) -> None:
+        result_file = self._results_file(db, job, run_dir)
+        model_id = openai.fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
+        if db.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id)) is None:
+            db.add(
+                FineTunedModel(
+                    id=model_id,
+                    owner=job.owner,
+                    base=job.model,
+                    job_id=job.id,
+                    run_dir=str(run_dir),
+                    training_type=job.training_type,
+                    created_at=int(store.now()),
+                )
+            )
+        store.add_event(db, job.id, f"New fine-tuned model created: {model_id}")
+        store.add_event(db, job.id, "The job has successfully completed")
+        ok = store.finish_lease(
+            db,
+            self.lease,
+            status="succeeded",
+            fine_tuned_model=model_id,
+            result_files=[result_file],
+            trained_tokens=int(train.get("tokens_seen") or 0),
+            step=int(train.get("steps") or job.step),
+            finished_at=int(store.now()),
+            estimated_finish=None,
+            control=None,
+        )
+        if not ok:
+            raise LostLease()
+
+    def _results_file(self, db: Session, job: Job, run_dir: Path) -> str:
+        """The run's metrics.jsonl as OpenAI's results CSV, stored as a file with purpose fine-tune-results."""
+        data = openai.results_csv(RunDir(run_dir).read_metrics())
+        file_id = store.new_id("file")
+        path = self.settings.files_dir / file_id
+        path.write_bytes(data)
+        db.add(
+            store.File(
+                id=file_id,
+                owner=job.owner,
+                filename="step_metrics.csv",
+                purpose="fine-tune-results",
+                bytes=len(data),
+                path=str(path),
+                created_at=int(store.now()),
+            )
+        )
+        return file_id
+
+    def _finish(self, db: Session, job: Job, status: str, message: str) -> None:
+        values: dict[str, Any] = {"status": status, "control": None}
+        if status in store.TERMINAL:
+            values["finished_at"] = int(store.now())
+        store.add_event(db, job.id, message)
+        if not store.finish_lease(db, self.lease, **values):
+            raise LostLease()
+
+    def _fail(self, error: dict[str, Any]) -> None:
+        with store.transaction(self.sessions) as db:
+            store.add_event(db, self.lease.job_id, f"Job failed: {error['message']}", level="error")
+            store.finish_lease(
+                db, self.lease, status="failed", error=error, finished_at=int(store.now()), control=None
+            )
+
+    def _crashed(self, reason: str, trace: str) -> None:
+        """Back to the queue for another attempt, or failed once `max_attempts` attempts have failed."""
+        lease = self.lease
+        with store.transaction(self.sessions) as db:
+            job = db.get_one(Job, _pk(db, lease.job_id))
+            job_failures = [*job.failures, f"attempt {lease.attempt}: {reason}"]
+            if len(job_failures) >= self.settings.max_attempts:
+                error = {
+                    "code": "training_failed",
+                    "message": f"the job failed {len(job_failures)} times: " + "; ".join(job_failures),
+                    "param": None,
+                }
+                store.add_event(db, job.id, f"Job failed: {reason}", level="error", data={"traceback": trace})
+                store.finish_lease(
+                    db,
+                    lease,
+                    status="failed",
+                    error=error,
+                    failures=job_failures,
+                    finished_at=int(store.now()),
+                    control=None,
+                )
+            else:
+                store.add_event(
+                    db,
+                    job.id,
+                    f"Attempt {lease.attempt} failed ({reason}); the job goes back to the queue",
+                    level="warn",
+                    data={"traceback": trace},
+                )
+                store.finish_lease(db, lease, status="queued", failures=job_failures)
+
+    # ------------------------------------------------------------------------------------------------- helpers
+    def _event(self, message: str, **kw: Any) -> None:
+        with store.transaction(self.sessions) as db:
+            store.add_event(db, self.lease.job_id, message, **kw)
+
+    def _check_lease(self, db: Session) -> None:
+        token = db.scalar(select(Job.lease_token).where(Job.id == self.lease.job_id))
+        if token != self.lease.token:
+            raise LostLease()
+
+
+def _pk(db: Session, job_id: str) -> int:
+    return db.scalar(select(Job.pk).where(Job.id == job_id))
+
+
+def _error_code(e: TuneforgeError) -> str:
+    if isinstance(e, DataError):
+        return "invalid_training_data"
+    if isinstance(e, ConfigError):
+        return "invalid_hyperparameters"
+    if isinstance(e, ModelError):
+        return "model_error"
+    return "job_error"
+
+
+class _JobView:
+    """The fields of a job row the lifecycle needs outside a session."""
+
+    @classmethod
+    def of(cls, job: Job) -> _JobView:
+        v = cls()
+        for k in (
+            "id",
+            "owner",
+            "model",
+            "training_file",
+            "validation_file",
+            "suffix",
+            "seed",
+            "training_type",
+            "method_type",
+            "hyperparameters",
+            "resolved",
+            "extras",
+            "run_dir",
+        ):
+            setattr(v, k, getattr(job, k))
+        v.extras = dict(v.extras or {})
+        return v
+
+
+class _EventSink:
+    """Receives the training loop's events and writes them as job events, checkpoints and progress."""
+
+    def __init__(self, job: JobRun):
+        self.job, self.lease = job, job.lease
+        self.total_steps: int | None = None
+        self.t0 = time.time()
+        self.start_step: int | None = None
+        self._last_train: dict[str, Any] = {}
+        self._last_val: dict[str, Any] = {}
+        self._checked = 0.0
+        self._stop = False
+        with job.sessions() as db:
+            seen = db.execute(
+                select(JobEvent.step, JobEvent.data).where(
+                    JobEvent.job_id == self.lease.job_id, JobEvent.type == "metrics"
+                )
+            ).all()
+        # After a resume the loop replays the steps since the last checkpoint with the same values: keep one.
+        self._seen = {(step, "valid_loss" in (data or {})) for step, data in seen}
+
+    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.job.lost.is_set():
+            return
+        if kind == "message":
+            total = payload.get("total_steps")
+            with store.transaction(self.job.sessions) as db:
+                if total is not None:
+                    self.total_steps = total
+                    db.get_one(Job, _pk(db, self.lease.job_id)).total_steps = total
+                store.add_event(db, self.lease.job_id, payload.get("message", ""))
+        elif kind == "metrics":
+            self._metrics(payload)
+        elif kind == "checkpoint":
+            self._checkpoint(payload)
+
+    def _metrics(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        is_val = "val_loss" in row
+        if is_val:
+            self._last_val = row
+            same_step = self._last_train if self._last_train.get("step") == step else None
+            data = openai.metrics(row, train=same_step)
+            msg = f"Step {step}: validation loss={row['val_loss']:.4f}"
+        else:
+            self._last_train = row
+            data = openai.metrics(row)
+            msg = f"Step {step}" + (f"/{self.total_steps}" if self.total_steps else "")
+            msg += f": training loss={row['loss']:.4f}"
+        if self.total_steps:
+            data["total_steps"] = self.total_steps
+        if self.start_step is None:
+            self.start_step = step - 1
+            self.t0 = time.time()
+        with store.transaction(self.job.sessions) as db:
+            job = db.get_one(Job, _pk(db, self.lease.job_id))
+            job.step = max(job.step or 0, step)
+            if self.total_steps and step > self.start_step:
+                rate = (time.time() - self.t0) / (step - self.start_step)
+                job.estimated_finish = int(time.time() + rate * (self.total_steps - step))
+            if (step, is_val) not in self._seen:
+                self._seen.add((step, is_val))
+                store.add_event(db, job.id, msg, type="metrics", data=data, step=step)
+
+    def _checkpoint(self, payload: dict[str, Any]) -> None:
+        step = int(payload["step"])
+        metrics = openai.checkpoint_metrics(step, self._last_train, self._last_val)
+        with store.transaction(self.job.sessions) as db:
+            row = db.scalar(
+                select(JobCheckpoint).where(
+                    JobCheckpoint.job_id == self.lease.job_id, JobCheckpoint.step_number == step
+                )
+            )
+            if row is None:
+                db.add(
+                    JobCheckpoint(
+                        id=store.new_id("ftckpt"),
+                        job_id=self.lease.job_id,
+                        step_number=step,
+                        created_at=int(store.now()),
+                        path=str(payload["path"]),
+                        metrics=metrics,
+                    )
+                )
+                store.add_event(db, self.lease.job_id, f"Checkpoint created at step {step}")
+            else:
+                row.path, row.metrics = str(payload["path"]), metrics
+
+    def should_stop(self) -> bool:
+        """Polled every step: the lease is lost, the worker stops, or the job's control flag asks for a stop.
+        The flag is read from the database at most every `control_poll_s`."""
+        if self.job.lost.is_set() or self.job.stopping.is_set():
+            return True
+        t = time.monotonic()
+        if t - self._checked >= self.job.settings.control_poll_s:
+            self._checked = t
+            with self.job.sessions() as db:
+                control = db.scalar(select(Job.control).where(Job.id == self.lease.job_id))
+            self._stop = control in ("pause", "cancel")
+        return self._stop
