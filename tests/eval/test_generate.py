@@ -148,11 +148,6 @@ def test_stop_string_cuts_text(lm, prompts, ref):
     assert g2.text == full[: full.find(words[1])].strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate() counts len(new) + 1 completion tokens when a stop *string* ends the answer, "
-    "one more than were generated (the +1 is meant for an end-of-turn token): eval/generate.py:82",
-)
 def test_stop_string_completion_tokens_within_max_new_tokens(lm, prompts, ref):
     stop = text_of(lm, ref[1]).split()[2]
     g = generate(lm, [prompts[1]], SamplingParams(max_new_tokens=N, stop=[stop]))[0]

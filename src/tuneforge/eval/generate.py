@@ -69,18 +69,14 @@ def generate(lm: LoadedModel, prompts: Sequence[str], params: SamplingParams) ->
     for row, mask in zip(out, enc["attention_mask"], strict=True):
         new = row[width:].tolist()
         n_prompt = int(mask.sum())
-        finish = "length"
-        for k, t in enumerate(new):
-            if t in stops:
-                new, finish = new[:k], "stop"
-                break
-        text = tok.decode(new, skip_special_tokens=True)
-        text, hit = _cut_at_stop(text, params.stop)
-        if hit:
-            finish = "stop"
-        results.append(
-            Generation(text.strip(), n_prompt, len(new) + (1 if finish == "stop" else 0), finish, dt)
-        )
+        # Every token generated counts, the end-of-turn token too; a stop string cuts the text, not the count.
+        end = next((k for k, t in enumerate(new) if t in stops), None)
+        n_completion = len(new) if end is None else end + 1
+        if end is not None:
+            new = new[:end]
+        text, hit = _cut_at_stop(tok.decode(new, skip_special_tokens=True), params.stop)
+        finish = "stop" if end is not None or hit else "length"
+        results.append(Generation(text.strip(), n_prompt, n_completion, finish, dt))
     return results
 
 

@@ -20,8 +20,8 @@ from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 from tuneforge.jobs import openai, store
 from tuneforge.jobs.checks import JobError, check_file, check_method_fits
 from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
-from tuneforge.settings import Settings
 from tuneforge.rundir import RunDir
+from tuneforge.settings import Settings
 
 log = logging.getLogger("tuneforge.worker")
 
@@ -81,7 +81,7 @@ class JobRun:
         resolved = self._validate(job) if job.resolved is None else job.resolved
         cfg = self._run_config(job, resolved)
         run_dir = Path(job.run_dir)
-        resume = (run_dir / "config.yaml").is_file()
+        resume = RunDir(run_dir).config.is_file()
         self._mark_running(resume)
         summary = self._train(cfg, resume)
         if self.lost.is_set():

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig
-from tuneforge.recipes.build import build_config
 from tuneforge.methods import registry
+from tuneforge.recipes.build import build_config
 from tuneforge.settings import Settings
 
 # ------------------------------------------------------------------------------------------------ model ids
