@@ -74,8 +74,9 @@ def peak_memory_bytes() -> int:
 
 # ------------------------------------------------------------------------------------------------- children
 def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
-    from tuneforge.config import apply_overrides, build_config
-    from tuneforge.train.loop import FineTune
+    from tuneforge.config import apply_overrides
+    from tuneforge.recipes.build import build_config
+    from tuneforge.recipes.lm import FineTune
 
     work = Path(args.workdir)
     data = work / "train.jsonl"
@@ -139,9 +140,9 @@ def child_tuneforge(args: argparse.Namespace, packed: bool) -> dict:
         }
     real = sum(len(s) for s in ft.train_seqs)
     t0 = time.time()
-    res = ft.train()
+    res = ft.loop.train()
     dt = time.time() - t0
-    ft.finish()
+    ft.loop.finish()
     losses = [r["loss"] for r in ft.run.read_metrics() if "loss" in r]
     return {
         "train_seconds": dt,

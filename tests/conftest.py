@@ -12,11 +12,23 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_DATA = REPO.parent / "shared" / "peer-data" / "llamafactory"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Many tests train with train.num_threads=1 (fast on a busy 2-core machine), which sets torch's thread count for
+# the whole process. Put it back after each test: later tests compare in-process runs with subprocess runs that
+# use the default, and a different thread count changes float sums in the last bits.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    yield
+    torch.set_num_threads(DEFAULT_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +159,61 @@ def tiny_config(tiny_model_dir: Path, data: Path, run_dir: Path, *overrides: str
         "eval": {"max_new_tokens": 6, "few_shot": 0, "samples": 2},
     }
     return build_config(apply_overrides(base, list(overrides)), "test")
+
+
+# ------------------------------------------------------------------------------------------- classification
+WORDS = {
+    "positive": ["great", "love", "excellent", "happy", "wonderful"],
+    "negative": ["awful", "hate", "broken", "terrible", "angry"],
+    "neutral": ["arrived", "tuesday", "box", "order", "address"],
+}
+
+
+def sentiment_records(n: int = 120, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        words = rng.sample(WORDS[label], 2) + rng.sample(["the", "it", "was", "my", "a", "this"], 2)
+        rng.shuffle(words)
+        rows.append({"text": f"{i}: " + " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT with all-MiniLM-L6-v2's tokenizer and random weights."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tuneforge.models.registry import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
+    out = tmp_path_factory.mktemp("tiny-encoder")
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def classifier_config(model_dir: Path, tmp_path: Path, run_dir: Path, *overrides: str):
+    """A classification-head run on the sentiment records (a tiny encoder learns it in seconds)."""
+    data = write_jsonl(tmp_path / "sentiment.jsonl", sentiment_records())
+    return tiny_config(
+        model_dir,
+        data,
+        run_dir,
+        "method.name=classifier",
+        "data.format=classification",
+        "train.epochs=6",
+        "train.eval_every=10",
+        *overrides,
+    )

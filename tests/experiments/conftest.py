@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.conftest import capitals_records, tiny_config, write_jsonl
-
-# These tests train with train.num_threads=1 (fast on a busy 2-core machine), which sets torch's thread count for
-# the whole process. Put it back after each test: later tests compare in-process runs with subprocess runs that
-# use the default, and a different thread count changes float sums in the last bits.
-DEFAULT_THREADS = torch.get_num_threads()
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    yield
-    torch.set_num_threads(DEFAULT_THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,17 @@ def test_measured_augmentation_trains_twice_on_the_same_held_out_split(
         assert abs(d - (a["headline"][k] - same["headline"][k])) < 1e-9
     md = (tmp_path / "aug" / "augment.md").read_text()
     assert "| training examples |" in md and "| original, as many steps |" in md
+
+
+def test_augmentation_of_a_classifier_config_is_measured_with_the_head(tiny_encoder_dir, tmp_path):
+    from tests.conftest import classifier_config
+
+    cfg = classifier_config(
+        tiny_encoder_dir, tmp_path, tmp_path / "run", "train.epochs=2", "train.learning_rate=1e-2"
+    )
+    report = A.augment(cfg, n_paraphrases=0, per_example_templates=1, out=tmp_path / "aug", show=False)
+    o, a = report["runs"]["original"], report["runs"]["augmented"]
+    assert a["train_examples"] == 2 * o["train_examples"]
+    assert set(o["headline"]) == {"accuracy", "macro-F1"}  # scored as a classifier, not by generated text
+    assert report["delta"]["accuracy"] == a["headline"]["accuracy"] - o["headline"]["accuracy"]
+    assert (tmp_path / "aug" / "augmented" / "model" / "labels.json").is_file()

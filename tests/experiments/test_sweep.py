@@ -101,3 +101,60 @@ def test_shipped_sweep_files_are_valid():
     for f in files:
         sweep, base = S.load_sweep(f)
         assert sweep.space and base.data.train
+
+
+def _sweep_over(tmp_path, cfg, space) -> dict:
+    base = tmp_path / "base.yaml"
+    base.write_text(dump_config(cfg))
+    spec = {
+        "config": base.name,
+        "out": str(tmp_path / "sweep"),
+        "sampler": "grid",
+        "prune": False,
+        "space": space,
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep, base_cfg = S.load_sweep(tmp_path / "sweep.yaml")
+    return S.run_sweep(sweep, base_cfg, show=False)
+
+
+def test_a_sweep_over_a_classifier_config_trains_classification_heads(tiny_encoder_dir, tmp_path):
+    from tests.conftest import classifier_config
+
+    cfg = classifier_config(
+        tiny_encoder_dir, tmp_path, tmp_path / "unused", "train.epochs=2", "train.eval_every=4"
+    )
+    summary = _sweep_over(tmp_path, cfg, {"train.learning_rate": [1e-2, 1e-3]})
+    for t in summary["trials"]:
+        run = tmp_path / "sweep" / f"trial-{t['trial']:03d}"
+        done = json.loads((run / "train_done.json").read_text())
+        assert t["state"] == "complete" and t["value"] == done["best_val_loss"]
+        assert (run / "model" / "labels.json").is_file()  # a classification head, not a language model
+        assert not (run / "checkpoints").exists()
+    assert load_config(tmp_path / "sweep" / "best.yaml").method.name == "classifier"
+
+
+def test_a_sweep_over_a_staged_config_trains_every_stage_and_scores_the_last(
+    tiny_model_dir, capitals_file, tmp_path
+):
+    stages = [{"name": "warmup", "method": "lora"}, {"name": "task"}]
+    cfg = tiny_config(
+        tiny_model_dir,
+        capitals_file,
+        tmp_path / "unused",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.num_threads=1",
+        "eval.general=null",
+        f"stages={json.dumps(stages)}",
+    )
+    summary = _sweep_over(tmp_path, cfg, {"train.learning_rate": [1e-2, 3e-3]})
+    for t in summary["trials"]:
+        run = tmp_path / "sweep" / f"trial-{t['trial']:03d}"
+        first, last = run / "stage-1-warmup", run / "stage-2-task"
+        assert (first / "merged" / "config.json").is_file() and (last / "model").is_dir()
+        assert t["value"] == json.loads((last / "train_done.json").read_text())["best_val_loss"]
+        assert not (first / "checkpoints").exists() and not (last / "checkpoints").exists()
+    assert len(summary["trials"]) == 2 and summary["best"]["value"] == min(
+        t["value"] for t in summary["trials"]
+    )

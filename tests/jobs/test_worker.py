@@ -163,7 +163,7 @@ def test_pause_then_resume_ends_like_an_uninterrupted_job_and_cancel_stops(
 def test_a_job_that_keeps_crashing_fails_after_max_attempts_with_every_reason(
     tmp_path, tiny_base, db_url, capitals_jsonl, monkeypatch
 ):
-    from tuneforge import api
+    from tuneforge.recipes import run
 
     calls = []
 
@@ -171,7 +171,7 @@ def test_a_job_that_keeps_crashing_fails_after_max_attempts_with_every_reason(
         calls.append(kw["resume"])
         raise RuntimeError(f"simulated crash {len(calls)}")
 
-    monkeypatch.setattr(api, "finetune", crash)
+    monkeypatch.setattr(run, "finetune", crash)
     worker = Worker(service_settings(tmp_path / "data", tiny_base, db_url, max_attempts=3))
     job_id = _job(worker, _file(worker, capitals_jsonl))
     assert worker.run(idle_exit=True) == 3

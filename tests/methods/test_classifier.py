@@ -5,68 +5,18 @@ matrix, and the saved classifier loads back with the same predictions."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import tiny_config, write_jsonl
+from tests.conftest import WORDS, classifier_config
 from tuneforge import api
-
-WORDS = {
-    "positive": ["great", "love", "excellent", "happy", "wonderful"],
-    "negative": ["awful", "hate", "broken", "terrible", "angry"],
-    "neutral": ["arrived", "tuesday", "box", "order", "address"],
-}
-
-
-def sentiment_records(n: int = 120, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = list(WORDS)[i % 3]
-        words = rng.sample(WORDS[label], 2) + rng.sample(["the", "it", "was", "my", "a", "this"], 2)
-        rng.shuffle(words)
-        rows.append({"text": f"{i}: " + " ".join(words), "label": label})
-    return rows
-
-
-@pytest.fixture(scope="session")
-def tiny_encoder_dir(tmp_path_factory) -> Path:
-    """A 2-layer BERT with all-MiniLM-L6-v2's tokenizer and random weights."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from tuneforge.models.registry import minilm_path
-
-    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-    )
-    out = tmp_path_factory.mktemp("tiny-encoder")
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def _cfg(model_dir: Path, tmp_path: Path, *overrides: str):
-    data = write_jsonl(tmp_path / "sentiment.jsonl", sentiment_records())
-    return tiny_config(
-        model_dir,
-        data,
-        tmp_path / "run",
-        "method.name=classifier",
-        "data.format=classification",
-        "train.epochs=6",
-        "train.eval_every=10",
-        *overrides,
-    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return classifier_config(model_dir, tmp_path, tmp_path / "run", *overrides)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +94,70 @@ def test_classifier_backbone_is_the_saved_one(tiny_model_dir, tmp_path):
     save_file(state, str(weights))
     with pytest.raises(ModelError, match="embed_tokens"):
         load_classifier(str(out), ["a", "b"])
+
+
+def test_classifier_runs_are_tracked_like_every_run(tiny_encoder_dir, tmp_path):
+    """The one training loop tracks classifier runs too: their metrics land in TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(tiny_encoder_dir, tmp_path, "train.learning_rate=1e-2", "tracking.backends=[tensorboard]")
+    api.finetune(cfg, evaluate=False, show=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in tb] == [s for s, _ in losses]
+    assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(tb, losses, strict=True))
+    assert [e.step for e in acc.Scalars("val/val_accuracy")] == [r["step"] for r in rows if "val_loss" in r]
+    assert "train/accuracy" in acc.Tags()["scalars"]
+
+
+def test_classifier_resumed_after_kill_9_ends_where_an_uninterrupted_run_ends(tiny_encoder_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import REPO
+    from tuneforge.config import dump_config
+
+    # One thread in both processes: float sums differ in their last bits between thread counts.
+    common = ["train.max_steps=300", "train.eval_every=50", "train.save_every=5", "train.learning_rate=1e-2"]
+    common.append("train.num_threads=1")
+    api.finetune(_cfg(tiny_encoder_dir, tmp_path / "a", *common), evaluate=False, show=False)
+    cfg = classifier_config(tiny_encoder_dir, tmp_path, tmp_path / "run", *common)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "tuneforge.cli", "train", str(cfg_path), "--no-eval"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [d for d in ckpts.glob("step-*") if (d / "manifest.json").exists()] if ckpts.exists() else []
+        if any(int(d.name.split("-")[1]) >= 20 for d in done):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, (
+        "training finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "train_done.json").exists()
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Resumed from step-" in r.stderr
+    ref = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in got] == [x["step"] for x in ref]
+    for ra, rb in zip(ref, got, strict=True):
+        for key in ("loss", "val_loss", "val_accuracy"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+    wa = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -176,7 +176,7 @@ class Loop:
     def train(self) -> TrainResult:
         cfg, st = self.cfg, self.state
         # TensorBoard / MLflow when `tracking.backends` asks for them (train/tracking.py).
-        self.on_event, self.tracker = track_events(cfg, self.run, self.on_event)
+        self.on_event, self.tracker = track_events(cfg, self.run.root, self.on_event)
         start_time, stopped_by_request = time.time(), False
         self.model.train()
         with bar("Training", self.total_steps, "loss", "speed") as progress:
