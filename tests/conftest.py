@@ -217,3 +217,34 @@ def classifier_config(model_dir: Path, tmp_path: Path, run_dir: Path, *overrides
         "train.eval_every=10",
         *overrides,
     )
+
+
+def kill_mid_run(cfg, tmp_path: Path, min_step: int) -> tuple[list[str], dict[str, str]]:
+    """A real crash: `tuneforge train` on `cfg` in a child process, killed with SIGKILL as soon as it has written a
+    complete checkpoint at `min_step` or later. Returns the command and environment that resume it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tuneforge.config import dump_config
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "tuneforge.cli", "train", str(cfg_path), "--no-eval"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = Path(cfg.run_dir) / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [d for d in ckpts.glob("step-*") if (d / "manifest.json").exists()] if ckpts.exists() else []
+        if any(int(d.name.split("-")[1]) >= min_step for d in done):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, (
+        "training finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (Path(cfg.run_dir) / "train_done.json").exists()
+    return cmd, env

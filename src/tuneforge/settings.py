@@ -20,6 +20,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tuneforge.config import DEFAULT_MODEL
+
 OWNER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9._/-]{1,128}$")
 
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
         "stored hashed. When none is configured anywhere, `tuneforge serve` creates one and prints it.",
     )
     base_models: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: {"smollm2-135m": "smollm2-135m"},
+        default_factory=lambda: {DEFAULT_MODEL: DEFAULT_MODEL},
         description="Base models offered for fine-tuning and inference: model id → what to load (a registry "
         "alias, a local folder, a .gguf file or a Hugging Face id).",
     )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import capitals_records, write_jsonl
+from tests.eval.conftest import scramble
 from tuneforge.config import DataConfig, EvalConfig
 from tuneforge.data.general import general_examples
 from tuneforge.data.schema import Example, Message
@@ -37,22 +38,6 @@ from tuneforge.models.load import load_model
 
 MAX_NEW = 6
 DATA = DataConfig(train="unused.jsonl")
-
-
-def scramble(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
-    """Redraw every weight matrix (norms keep their ones) so that greedy decoding produces varied tokens."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-@pytest.fixture(autouse=True)
-def _fp32_inference(monkeypatch):
-    # On CPUs with fast bf16 evaluation runs under bf16 autocast; the comparisons with hand computations here
-    # are about bookkeeping, not bf16 rounding, so pin inference to fp32.
-    monkeypatch.setattr("tuneforge.models.load.cpu_has_fast_bf16", lambda: False, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.eval.conftest import scramble
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
 from tuneforge.eval.generate import Piece, SamplingParams, TokenStream, generate, generate_chats, stream_chat
@@ -27,22 +28,6 @@ QUESTIONS = [
     "Peru: capital city?",
     "Which city is the capital of Kenya? Answer in one word, without any punctuation.",
 ]
-
-
-def scramble(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
-    """Redraw every weight matrix (norms keep their ones) so that greedy decoding produces varied tokens."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-@pytest.fixture(autouse=True)
-def _fp32_inference(monkeypatch):
-    # On CPUs with fast bf16 generation runs under bf16 autocast; the exact comparisons here are about
-    # padding, caching and bookkeeping, not bf16 rounding, so pin inference to fp32.
-    monkeypatch.setattr("tuneforge.models.load.cpu_has_fast_bf16", lambda: False, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -251,16 +251,13 @@ def test_write_classification_report_has_the_confusion_matrix(classification, tm
 
 
 # --------------------------------------------------------------------------------- a real tiny comparison
-def test_report_of_a_comparison_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+def test_report_of_a_comparison_on_the_tiny_model(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    monkeypatch.setattr("tuneforge.models.load.cpu_has_fast_bf16", lambda: False, raising=False)
+    from tests.eval.conftest import scramble
+
     lm = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # larger random weights, so that the answers are varied text
-        for p in lm.model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    scramble(lm.model)
     torch.manual_seed(0)
     cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     tuned = dataclasses.replace(lm, model=get_peft_model(lm.model, cfg))

@@ -114,40 +114,19 @@ def test_classifier_runs_are_tracked_like_every_run(tiny_encoder_dir, tmp_path):
 
 
 def test_classifier_resumed_after_kill_9_ends_where_an_uninterrupted_run_ends(tiny_encoder_dir, tmp_path):
-    import os
-    import signal
     import subprocess
-    import sys
-    import time
 
     from safetensors.torch import load_file
 
-    from tests.conftest import REPO
-    from tuneforge.config import dump_config
+    from tests.conftest import kill_mid_run
 
     # One thread in both processes: float sums differ in their last bits between thread counts.
     common = ["train.max_steps=300", "train.eval_every=50", "train.save_every=5", "train.learning_rate=1e-2"]
     common.append("train.num_threads=1")
     api.finetune(_cfg(tiny_encoder_dir, tmp_path / "a", *common), evaluate=False, show=False)
-    cfg = classifier_config(tiny_encoder_dir, tmp_path, tmp_path / "run", *common)
-    cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(dump_config(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "tuneforge.cli", "train", str(cfg_path), "--no-eval"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpts = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        done = [d for d in ckpts.glob("step-*") if (d / "manifest.json").exists()] if ckpts.exists() else []
-        if any(int(d.name.split("-")[1]) >= 20 for d in done):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, (
-        "training finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    cmd, env = kill_mid_run(
+        classifier_config(tiny_encoder_dir, tmp_path, tmp_path / "run", *common), tmp_path, 20
     )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "run" / "train_done.json").exists()
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Resumed from step-" in r.stderr

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import kill_mid_run, tiny_config
 from tuneforge import api
-from tuneforge.config import dump_config
 from tuneforge.errors import RunDirError
 from tuneforge.recipes.lm import FineTune
 from tuneforge.recipes.run import train as run_training
@@ -157,25 +152,10 @@ def test_resume_after_kill_9(tiny_model_dir, capitals_file, tmp_path):
     ref = tiny_config(tiny_model_dir, capitals_file, tmp_path / "ref", *common)
     run_training(ref)
 
-    cfg = tiny_config(tiny_model_dir, capitals_file, tmp_path / "run", *common)
-    cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(dump_config(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "tuneforge.cli", "train", str(cfg_path), "--no-eval"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpts = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        done = [d for d in ckpts.glob("step-*") if (d / "manifest.json").exists()] if ckpts.exists() else []
-        if any(int(d.name.split("-")[1]) >= 9 for d in done):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, (
-        "training finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    cmd, env = kill_mid_run(
+        tiny_config(tiny_model_dir, capitals_file, tmp_path / "run", *common), tmp_path, 9
     )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "run" / "train_done.json").exists()
+    ckpts = tmp_path / "run" / "checkpoints"
     # a half-written checkpoint as a crash mid-save would leave it: must be ignored and removed
     (ckpts / ".tmp-step-000999-1").mkdir()
     (ckpts / "step-000998").mkdir()

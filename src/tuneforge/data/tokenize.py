@@ -224,6 +224,33 @@ def tokenize_example(ex: Example, tok: Any, cfg: DataConfig, labels: Sequence[st
     return [Tokenized(ids, w, ex.source)]
 
 
+def _fit_length(
+    seq: Tokenized, ex: Example, cfg: DataConfig, rep: TokenizeReport, split: str
+) -> Tokenized | None:
+    """A sequence longer than data.max_length under data.truncation: dropped (None), cut to length while an answer
+    token remains, or kept for `raise` to report; every drop and cut is recorded with its reason."""
+    if cfg.truncation == "drop":
+        rep.dropped_too_long += 1
+        rep.reject(f"{split}: {len(seq)} tokens > data.max_length {cfg.max_length}", ex)
+        return None
+    if cfg.truncation != "truncate":
+        return seq
+    kept = sum(1 for w in seq.weights[: cfg.max_length] if w > 0)
+    if kept == 0:
+        rep.dropped_no_target += 1
+        rep.reject(
+            f"{split}: truncating {len(seq)} tokens to {cfg.max_length} removes every answer token", ex
+        )
+        return None
+    rep.truncated += 1
+    rep.reject(
+        f"{split}: cut from {len(seq)} to {cfg.max_length} tokens; {kept} of {seq.n_target} answer tokens kept",
+        ex,
+        action="truncated",
+    )
+    return Tokenized(seq.input_ids[: cfg.max_length], seq.weights[: cfg.max_length], seq.source, seq.index)
+
+
 def tokenize_examples(
     examples: Sequence[Example], tok: Any, cfg: DataConfig, labels: Sequence[str] = (), split: str = "train"
 ) -> tuple[list[Tokenized], TokenizeReport]:
@@ -261,29 +288,9 @@ def tokenize_examples(
             continue
         if len(seq) > cfg.max_length:
             too_long.append((len(seq), ex))
-            if cfg.truncation == "drop":
-                rep.dropped_too_long += 1
-                rep.reject(f"{split}: {len(seq)} tokens > data.max_length {cfg.max_length}", ex)
-                continue
-            if cfg.truncation == "truncate":
-                kept = sum(1 for w in seq.weights[: cfg.max_length] if w > 0)
-                if kept == 0:
-                    rep.dropped_no_target += 1
-                    rep.reject(
-                        f"{split}: truncating {len(seq)} tokens to {cfg.max_length} removes every answer token",
-                        ex,
-                    )
-                    continue
-                rep.truncated += 1
-                rep.reject(
-                    f"{split}: cut from {len(seq)} to {cfg.max_length} tokens; {kept} of {seq.n_target} answer tokens kept",
-                    ex,
-                    action="truncated",
-                )
-                seq = Tokenized(
-                    seq.input_ids[: cfg.max_length], seq.weights[: cfg.max_length], seq.source, idx
-                )
-        out.append(seq)
+            seq = _fit_length(seq, ex, cfg, rep, split)
+        if seq is not None:
+            out.append(seq)
     if too_long and cfg.truncation == "raise":
         n, ex = max(too_long, key=lambda t: t[0])
         where = ex.source.where() if ex.source else "?"

@@ -207,18 +207,6 @@ def compare(
         if tuned is not None:
             val["tuned"] = validation_loss(tuned, validation, data_cfg, True, labels)
 
-    samples = []
-    for i, ex in enumerate(test[: eval_cfg.samples]):
-        prompt = prompt_of(ex, data_cfg, labels)
-        question = next((m.content for m in reversed(prompt) if m.role == "user"), "")
-        samples.append(
-            {
-                "where": ex.source.where() if ex.source else f"test #{i + 1}",
-                "question": question,
-                "reference": ex.answer(),
-                "answers": {r["key"]: r["answers"][i] for r in results},
-            }
-        )
     report: dict[str, Any] = {
         "base_model": base.name,
         "tuned_model": str(tuned.run_dir or tuned.name) if tuned is not None else None,
@@ -226,7 +214,7 @@ def compare(
         "task": results[0]["metrics"]["task"] if results else None,
         "variants": [{k: v for k, v in r.items() if k != "answers"} for r in results],
         "validation": val,
-        "samples": samples,
+        "samples": samples(test[: eval_cfg.samples], results, data_cfg, labels),
         "answers": [
             {"reference": ex.answer(), **{r["key"]: r["answers"][i] for r in results}}
             for i, ex in enumerate(test)
@@ -242,6 +230,24 @@ def compare(
     if tuned is not None and eval_cfg.general:
         report["forgetting"] = forgetting(base, tuned, data_cfg, eval_cfg, shared_weights)
     return report
+
+
+def samples(
+    examples: Sequence[Example], results: list[dict[str, Any]], data_cfg: DataConfig, labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The report's side-by-side answers: where each question came from, the question, reference and answers."""
+    out = []
+    for i, ex in enumerate(examples):
+        prompt = prompt_of(ex, data_cfg, labels)
+        out.append(
+            {
+                "where": ex.source.where() if ex.source else f"test #{i + 1}",
+                "question": next((m.content for m in reversed(prompt) if m.role == "user"), ""),
+                "reference": ex.answer(),
+                "answers": {r["key"]: r["answers"][i] for r in results},
+            }
+        )
+    return out
 
 
 def per_task(test: Sequence[Example], results: list[dict[str, Any]], eval_cfg: EvalConfig) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -227,7 +226,3 @@ def _field_lenient(pred: str, key: str, labels: Sequence[str]) -> str:
     if obj is not None and str(obj.get(key)) in labels:
         return str(obj.get(key))
     return _mentioned_label(pred, labels)
-
-
-def label_distribution(values: Sequence[str]) -> dict[str, int]:
-    return dict(Counter(values).most_common())

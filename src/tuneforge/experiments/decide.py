@@ -86,21 +86,13 @@ def decide(
     seed: int = 0,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
+    """The four options — prompting zero- and few-shot, RAG, the fine-tuned run — on the run's test split, with
+    quality, latency, prompt size and one-off cost, and a recommendation."""
     from tuneforge.config import EvalConfig
 
+    tuned, base, train, test, rcfg = _models_and_splits(Path(run_dir), max_examples)
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TuneforgeError(f"run folder {run_dir} does not exist", "train first: `tuneforge train CONFIG`")
-    tuned = load_any(str(run_dir))
-    if tuned.run_dir is None:
-        raise TuneforgeError(f"{run_dir} is not a tuneforge run", "pass the folder `tuneforge train` wrote")
-    train, _val, test, rcfg = saved_splits(run_dir)
-    if not test:
-        raise TuneforgeError(f"run {run_dir} has no test split", "train with data.split.test > 0")
-    if max_examples:
-        test = test[:max_examples]
-    shared = getattr(tuned.model, "peft_config", None) is not None
-    base: LoadedModel = tuned if shared else load_any(rcfg.model.name, chat_template=rcfg.model.chat_template)
+    shared = base is tuned
     labels = label_set(list(train) + list(test))
     ecfg = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, few_shot=few_shot)
 
@@ -110,7 +102,6 @@ def decide(
     index_seconds = time.time() - t0
     rewrite, search_seconds = rag_rewrite(index, test, k, rcfg.data, labels)
     rag_title = f"RAG, top-{k} {'document passages' if docs else 'training examples'}"
-
     variants = [
         Variant("zero_shot", "prompting, zero-shot", base, adapters=not shared),
         Variant(
@@ -129,27 +120,8 @@ def decide(
     train_info = _training_info(run_dir)
     task = results[0]["metrics"]["task"]
     key = primary_metric(results[0]["headline"], task, metric)
-    rows = []
-    for r in results:
-        ms = r["ms_per_example"]
-        one_off = 0.0
-        if r["key"] == "rag":
-            ms += 1000 * search_seconds / len(test)
-            one_off = index_seconds
-        if r["key"] == "fine_tuned":
-            one_off = float(train_info.get("train_seconds") or 0.0)
-        rows.append(
-            {
-                "key": r["key"],
-                "title": r["title"],
-                "quality": r["headline"][key],
-                "headline": r["headline"],
-                "ms_per_request": ms,
-                "prompt_tokens": r["prompt_tokens_mean"],
-                "completion_tokens": r["completion_tokens_mean"],
-                "one_off_seconds": one_off,
-            }
-        )
+    one_off = {"rag": index_seconds, "fine_tuned": float(train_info.get("train_seconds") or 0.0)}
+    rows = [_option(r, key, one_off, 1000 * search_seconds / len(test)) for r in results]
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "base_model": base.name,
@@ -180,6 +152,39 @@ def decide(
     if out_dir:
         write_decision(report, Path(out_dir))
     return report
+
+
+def _models_and_splits(run_dir: Path, max_examples: int | None) -> tuple:
+    """(tuned, base, train, test, run config) of a tuned run; the base is the tuned model itself (adapters off)
+    when the run is an adapter."""
+    if not run_dir.is_dir():
+        raise TuneforgeError(f"run folder {run_dir} does not exist", "train first: `tuneforge train CONFIG`")
+    tuned = load_any(str(run_dir))
+    if tuned.run_dir is None:
+        raise TuneforgeError(f"{run_dir} is not a tuneforge run", "pass the folder `tuneforge train` wrote")
+    train, _val, test, rcfg = saved_splits(run_dir)
+    if not test:
+        raise TuneforgeError(f"run {run_dir} has no test split", "train with data.split.test > 0")
+    if max_examples:
+        test = test[:max_examples]
+    shared = getattr(tuned.model, "peft_config", None) is not None
+    base: LoadedModel = tuned if shared else load_any(rcfg.model.name, chat_template=rcfg.model.chat_template)
+    return tuned, base, train, test, rcfg
+
+
+def _option(result: dict[str, Any], key: str, one_off: dict[str, float], search_ms: float) -> dict[str, Any]:
+    """One option's row: quality on the metric, latency per request (retrieval included), tokens, one-off cost."""
+    ms = result["ms_per_example"] + (search_ms if result["key"] == "rag" else 0.0)
+    return {
+        "key": result["key"],
+        "title": result["title"],
+        "quality": result["headline"][key],
+        "headline": result["headline"],
+        "ms_per_request": ms,
+        "prompt_tokens": result["prompt_tokens_mean"],
+        "completion_tokens": result["completion_tokens_mean"],
+        "one_off_seconds": one_off.get(result["key"], 0.0),
+    }
 
 
 def _training_info(run_dir: Path) -> dict[str, Any]:
