@@ -102,20 +102,17 @@ def decide(
     index_seconds = time.time() - t0
     rewrite, search_seconds = rag_rewrite(index, test, k, rcfg.data, labels)
     rag_title = f"RAG, top-{k} {'document passages' if docs else 'training examples'}"
+    shots = pick_shots(train, few_shot, seed)
     variants = [
         Variant("zero_shot", "prompting, zero-shot", base, adapters=not shared),
-        Variant(
-            "few_shot",
-            f"prompting, {few_shot}-shot",
-            base,
-            adapters=not shared,
-            shots=pick_shots(train, few_shot, seed),
+        *(
+            [Variant("few_shot", f"prompting, {few_shot}-shot", base, not shared, shots)]
+            if few_shot > 0
+            else []
         ),
         Variant("rag", rag_title, base, adapters=not shared, rewrite=rewrite),
         Variant("fine_tuned", "fine-tuned", tuned, adapters=True),
     ]
-    if few_shot <= 0:
-        variants.pop(1)
     results = [run_variant(v, test, rcfg.data, ecfg, labels) for v in variants]
     train_info = _training_info(run_dir)
     task = results[0]["metrics"]["task"]
@@ -144,14 +141,17 @@ def decide(
     }
     report["recommendation"] = recommend(rows, tolerance, key)
     if leakage:
-        from tuneforge.experiments.leakage import leakage_report, verdict
-
-        lk = leakage_report(tuned, train, test, rcfg.data, max_examples=min(100, len(test) * 2))
-        lk["verdict"] = verdict(lk)
-        report["leakage"] = lk
+        report["leakage"] = _leakage(tuned, train, test, rcfg.data)
     if out_dir:
         write_decision(report, Path(out_dir))
     return report
+
+
+def _leakage(tuned: LoadedModel, train: list, test: list, data_cfg: Any) -> dict[str, Any]:
+    from tuneforge.experiments.leakage import leakage_report, verdict
+
+    lk = leakage_report(tuned, train, test, data_cfg, max_examples=min(100, len(test) * 2))
+    return {**lk, "verdict": verdict(lk)}
 
 
 def _models_and_splits(run_dir: Path, max_examples: int | None) -> tuple:
