@@ -140,3 +140,16 @@ def test_classifier_resumed_after_kill_9_ends_where_an_uninterrupted_run_ends(ti
     wa = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
     wb = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_the_estimate_refuses_a_classifier_config_with_what_to_do(tiny_encoder_dir, tmp_path):
+    from tuneforge.errors import ConfigError
+    from tuneforge.recipes.run import probe
+
+    with (
+        pytest.raises(ConfigError, match="trains a classifier head") as e,
+        probe(_cfg(tiny_encoder_dir, tmp_path)),
+    ):
+        pass
+    assert "language-model method" in e.value.fix
+    assert not (tmp_path / "run").exists()  # nothing was set up
