@@ -121,6 +121,10 @@ class RunDir:
     def stages(self) -> Path:
         return self.root / "stages.json"
 
+    def stage_runs(self) -> list[RunDir]:
+        """The stage folders a staged run has written, in order."""
+        return [RunDir(p) for p in sorted(self.root.glob("stage-*")) if p.is_dir()]
+
     # ------------------------------------------------------------------------------------------- claiming
     def claim(self, cfg: RunConfig, resume: bool, overwrite: bool) -> bool:
         """Make the folder ours. Returns True if there is earlier progress of this same run to resume."""

@@ -26,6 +26,7 @@ from tuneforge.experiments.common import (
     write_records,
 )
 from tuneforge.recipes.run import train
+from tuneforge.rundir import RunDir
 
 
 def fold_indices(n: int, k: int, strata: list[str], seed: int) -> list[list[int]]:
@@ -74,7 +75,7 @@ def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bo
                 f"[bold]fold {i + 1}/{k}[/]: {len(pool) - len(val_idx)} train, {len(val_idx)} held out"
             )
         rows.append(_fold(fcfg, labels, f"fold {i + 1}"))
-        shutil.rmtree(fold_dir / "run" / "checkpoints", ignore_errors=True)
+        shutil.rmtree(RunDir(fcfg.run_dir).checkpoints, ignore_errors=True)
     names = [n for n in rows[0] if all(n in r for r in rows)]
     summary: dict[str, Any] = {
         "k": k,

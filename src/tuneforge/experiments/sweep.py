@@ -217,8 +217,9 @@ def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: boo
     )
     gc.collect()
     if not sweep.keep_checkpoints:  # the run's, and each stage's of a staged run
-        for folder in [run_dir, *run_dir.glob("stage-*")]:
-            shutil.rmtree(RunDir(folder).checkpoints, ignore_errors=True)
+        run = RunDir(run_dir)
+        for folder in [run, *run.stage_runs()]:
+            shutil.rmtree(folder.checkpoints, ignore_errors=True)
     done = summary["train"]
     return {
         "trial": trial.number,

@@ -154,7 +154,7 @@ def stage_dicts(cfg: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     base = cfg.model_dump(mode="json", exclude_unset=True)
     base.pop("stages", None)
     base.setdefault("model", {})
-    run = RunDir(Path(cfg.run_dir))
+    run = RunDir(cfg.run_dir)
     out: list[tuple[str, dict[str, Any]]] = []
     start: Path | None = None
     for k, st in enumerate(cfg.stages):

@@ -32,7 +32,7 @@ class Classify:
 
     def __init__(self, cfg: RunConfig, **options: Any):
         self.cfg = with_absolute_paths(cfg)
-        self.run = RunDir(Path(self.cfg.run_dir))
+        self.run = RunDir(self.cfg.run_dir)
         self.options = RunOptions(**options)
         self.spec = registry.get(self.cfg.method.name)
 

@@ -49,7 +49,7 @@ class FineTune:
 
     def __init__(self, cfg: RunConfig, **options: Any):
         self.cfg = with_absolute_paths(cfg)
-        self.run = RunDir(Path(self.cfg.run_dir))
+        self.run = RunDir(self.cfg.run_dir)
         self.options = RunOptions(**options)
         self.spec = registry.get(self.cfg.method.name)
         self.compiled: compile_layers.CompiledLayers | None = None

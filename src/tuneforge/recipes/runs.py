@@ -34,17 +34,17 @@ from tuneforge.rundir import RunDir
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
-    return load_config(RunDir(Path(run_dir)).config)
+    return load_config(RunDir(run_dir).config)
 
 
 def saved_splits(run_dir: str | Path) -> tuple[list[Example], list[Example], list[Example], RunConfig]:
     """The (train, validation, test) splits a run saved, and its config."""
-    splits = read_splits(RunDir(Path(run_dir)))
+    splits = read_splits(RunDir(run_dir))
     return splits["train"], splits["validation"], splits["test"], run_config(run_dir)
 
 
 def is_classifier_run(name: str | Path) -> bool:
-    run = RunDir(Path(name))
+    run = RunDir(name)
     return run.config.is_file() and registry.get(run_config(run.root).method.name).recipe == "classify"
 
 
@@ -100,7 +100,7 @@ def load_run_classifier(run_dir: str | Path, cfg: RunConfig | None = None):
     """(model, tokenizer, labels) of a trained classifier run."""
     from transformers import AutoTokenizer
 
-    run = RunDir(Path(run_dir))
+    run = RunDir(run_dir)
     cfg = cfg or run_config(run.root)
     spec = registry.get(cfg.method.name)
     artifact = run.artifact(spec.artifact)

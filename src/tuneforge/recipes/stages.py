@@ -31,15 +31,15 @@ def run_stages(
 ) -> dict[str, Any]:
     """Train every stage in order, each through `finetune` (recipes/run.py); returns the last stage's summary
     with all stages listed under "stages"."""
-    root = RunDir(Path(cfg.run_dir))
-    if overwrite and root.root.exists():
-        shutil.rmtree(root.root)
-    root.root.mkdir(parents=True, exist_ok=True)
+    run = RunDir(cfg.run_dir)
+    if overwrite and run.root.exists():
+        shutil.rmtree(run.root)
+    run.root.mkdir(parents=True, exist_ok=True)
     stages = stage_configs(cfg)
     done: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for k, (name, scfg) in enumerate(stages):
-        stage = RunDir(Path(scfg.run_dir))
+        stage = RunDir(scfg.run_dir)
         adapter = registry.get(scfg.method.name).artifact == "adapter"
         needs_merge = adapter and k < len(stages) - 1
         finished = stage.done.is_file() and (not needs_merge or stage.merged.is_dir())
@@ -65,7 +65,7 @@ def run_stages(
                 "forgetting": report.get("forgetting"),
             }
         )
-        root.stages.write_text(json.dumps(done, indent=1, default=str))
+        run.stages.write_text(json.dumps(done, indent=1, default=str))
     console.print(f"Stages done; the final model is [bold]{done[-1]['run_dir']}[/]")
     return {**summary, "stages": done}
 
