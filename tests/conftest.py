@@ -152,6 +152,7 @@ def tiny_config(tiny_model_dir: Path, data: Path, run_dir: Path, *overrides: str
             "epochs": 4,
             "batch_size": 8,
             "eval_every": 5,
+            "early_stopping_patience": None,  # these tests train their full length; test_auto covers `auto`
             "warmup_ratio": 0.0,
             "precision": "fp32",
             "compile": False,  # tests/train/test_compile.py covers the compiled step

@@ -70,6 +70,12 @@ class SplitConfig(Section):
     test: float = Field(
         0.1, ge=0, lt=1, description="Fraction of records held out for the before/after test."
     )
+    min_validation: int = Field(
+        0, ge=0, description="Hold out at least this many records for validation when `validation` > 0."
+    )
+    max_validation: int | None = Field(
+        None, ge=1, description="Hold out at most this many records for validation (null: no cap)."
+    )
     stratify: Literal["auto", "none", "label", "answer"] = Field(
         "auto",
         description="Keep class proportions equal across splits: `label` for classification data, `answer` for "
@@ -246,6 +252,20 @@ class ForgettingConfig(Section):
         "base model on `data` (normalised to mean 1). For adapters the drift is the weight delta they add.",
     )
     fisher_examples: int = Field(64, ge=1, description="General examples used to estimate the EWC Fisher.")
+    guard: bool | Literal["auto", "watch"] = Field(
+        "auto",
+        description="The forgetting guard: score a few general examples at each validation (general_loss and "
+        "general_ppl_rise in metrics.jsonl). `true` acts: a checkpoint whose general perplexity rose more than "
+        "`max_general_rise` is not kept as the best, so early stopping ends a run that stays above it. `watch` "
+        "only measures and warns. `auto`: `watch` for instruction-tuned bases (a chat template) with a "
+        "language-model method, else off — acting costs task gain on small models (bench/README.md).",
+    )
+    max_general_rise: float = Field(
+        0.10, gt=0, description="The forgetting guard's limit: relative rise of general-data perplexity."
+    )
+    guard_examples: int = Field(
+        16, ge=1, description="General examples the guard scores at each validation (from `data`)."
+    )
     data: str = Field(
         "bundled",
         description="General data for replay and EWC: a file, or `bundled` (300 alpaca records, disjoint from "
@@ -255,8 +275,22 @@ class ForgettingConfig(Section):
 
 # ------------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed).")
+    learning_rate: float | Literal["auto"] = Field(
+        "auto",
+        description="Peak learning rate. `auto`: chosen per run from the method, the model's width and the batch "
+        "size, refined by a short learning-rate range test where that costs little (train/auto.py); the value "
+        "and why are printed and stored under `resolved` in the run's config.yaml.",
+    )
+    lr_range_test: bool | Literal["auto"] = Field(
+        "auto",
+        description="With learning_rate `auto`: run a short range test (a few dozen steps at rising rates on a "
+        "throw-away copy of the trainable weights). `auto`: only when it costs at most 5% of the run.",
+    )
+    epochs: float | Literal["auto"] = Field(
+        "auto",
+        description="Passes over the training split (fractions allowed). `auto`: from the dataset size, enough "
+        "optimizer steps for small sets and not pointlessly many for large ones; early stopping does the rest.",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
     )
@@ -280,10 +314,14 @@ class TrainConfig(Section):
         description="`auto` uses bf16 autocast where the CPU or GPU has fast bf16, else fp32.",
     )
     eval_every: int | None = Field(
-        None, ge=1, description="Validate every N optimizer steps (default: about 4 times per epoch)."
+        None,
+        ge=1,
+        description="Validate every N optimizer steps (default: 4 times per epoch, at most 20 times per run).",
     )
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop when validation loss has not improved for this many evaluations."
+    early_stopping_patience: int | Literal["auto"] | None = Field(
+        "auto",
+        description="Stop when validation loss has not improved for this many evaluations. `auto`: 3 when "
+        "there is a validation split; null: never stop early.",
     )
     save_every: int | None = Field(
         None, ge=1, description="Write a resumable checkpoint every N steps (default: at each validation)."
@@ -380,6 +418,11 @@ class RunConfig(Section):
         "train, objective, forgetting, eval) over this one, each starting from the previous stage's result.",
     )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    resolved: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Written by tuneforge, not by hand: what each `auto` setting of this run resolved to and why, "
+        "e.g. {train.learning_rate: {value: 0.0014, why: ...}}. A resumed run reuses these values.",
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -397,6 +440,7 @@ class RunConfig(Section):
         d.pop("run_dir")
         d.pop("eval")
         d.pop("tracking", None)
+        d.pop("resolved", None)  # auto values follow from the rest (and are reused on resume)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -143,7 +143,10 @@ class RunDir:
         if has_config:
             old = self._read_existing()
             if old.fingerprint() != cfg.fingerprint():
-                diff = _diff(old.model_dump(mode="json"), cfg.model_dump(mode="json"))
+                diff = _diff(
+                    old.model_dump(mode="json", exclude={"resolved"}),
+                    cfg.model_dump(mode="json", exclude={"resolved"}),
+                )
                 raise RunDirError(
                     f"run folder {root} already holds a different run (differs in: {', '.join(diff[:4])})",
                     "choose another run_dir, or pass --overwrite to replace it",
@@ -154,11 +157,16 @@ class RunDir:
                     "pass --resume to continue it, or --overwrite to start again",
                 )
             root.mkdir(parents=True, exist_ok=True)
-            self.config.write_text(dump_config(cfg))  # eval settings may differ; training ones cannot
+            # eval settings may differ; training ones cannot, and what `auto` resolved to is kept for the resume
+            self.config.write_text(dump_config(cfg.model_copy(update={"resolved": old.resolved})))
             return True
         root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(dump_config(cfg))
         return False
+
+    def read_resolved(self) -> dict:
+        """What this run's `auto` settings resolved to ({} before set-up resolved them)."""
+        return self._read_existing().resolved if self.config.is_file() else {}
 
     def _read_existing(self) -> RunConfig:
         # The schema alone suffices to compare: config.yaml holds every option of its method as written by

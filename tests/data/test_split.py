@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from tuneforge.data.schema import Example, Message, Source
-from tuneforge.data.split import split, strata_key
+from tuneforge.data.split import split, strata_key, stratified_by
 
 
 def classified(counts: dict[str, int]) -> list[Example]:
@@ -105,3 +105,34 @@ def test_unknown_mode_and_bad_fractions():
         split(chats(10), 0.1, 0.1, seed=0, stratify="length")
     with pytest.raises(ValueError, match="sum to less than 1"):
         split(chats(10), 0.5, 0.5, seed=0)
+
+
+def test_min_and_max_validation_clamp_the_fraction():
+    assert len(split(chats(20), 0.1, 0, seed=0, min_validation=5)["validation"]) == 5  # 2 raised to 5
+    assert (
+        len(split(chats(100), 0.1, 0, seed=0, min_validation=5)["validation"]) == 10
+    )  # share above the floor
+    assert len(split(chats(100), 0.1, 0, seed=0, max_validation=4)["validation"]) == 4
+    assert len(split(chats(100), 0.2, 0.1, seed=0, max_validation=4)["test"]) == 10  # test keeps its share
+    parts = split(chats(4), 0.1, 0, seed=0, min_validation=5)  # never everything: train keeps one
+    assert (len(parts["train"]), len(parts["validation"])) == (1, 3)
+    assert split(chats(20), 0, 0, seed=0, min_validation=5)["validation"] == []  # only when asked for
+    with pytest.raises(ValueError, match="max_validation"):
+        split(chats(20), 0.1, 0, seed=0, min_validation=5, max_validation=3)
+
+
+def test_clamped_split_is_seeded_and_stratified():
+    yes_no = chats(60, answer=lambda i: "yes" if i % 3 else "no")  # 40 yes, 20 no
+    a = split(yes_no, 0.05, 0, seed=1, min_validation=6)
+    assert Counter(ex.answer() for ex in a["validation"]) == {"yes": 4, "no": 2}
+    assert ids(a["validation"]) == ids(split(yes_no, 0.05, 0, seed=1, min_validation=6)["validation"])
+    assert ids(a["validation"]) != ids(split(yes_no, 0.05, 0, seed=2, min_validation=6)["validation"])
+    capped = split(classified({"a": 600, "b": 300, "c": 100}), 0.5, 0, seed=0, max_validation=10)
+    assert Counter(ex.label for ex in capped["validation"]) == {"a": 6, "b": 3, "c": 1}
+
+
+def test_stratified_by_names_what_the_split_used():
+    assert stratified_by(classified({"a": 30, "b": 10})) == "label"
+    assert stratified_by(chats(40, answer=lambda i: "yes" if i % 4 else "no")) == "answer"
+    assert stratified_by(chats(40)) == "none"
+    assert stratified_by(classified({"a": 1, "b": 1, "c": 1})) == "none"  # too small to divide: random

@@ -105,17 +105,13 @@ def test_results_csv_from_a_runs_metrics_jsonl(tmp_path):
     assert openai.results_csv([]) == b"step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n"
 
 
-@pytest.mark.parametrize(
-    ("n_train", "epochs", "batch"),
-    [(10, 10, 8), (1, 25, 8), (40, 3, 8), (1_999, 3, 8), (2_000, 3, 16), (10_000, 2, 16), (20_000, 1, 32)],
-)
-def test_auto_epochs_and_batch_size(n_train, epochs, batch):
-    assert openai.auto_epochs(n_train) == epochs
+@pytest.mark.parametrize(("n_train", "batch"), [(10, 8), (1_999, 8), (2_000, 16), (19_999, 16), (20_000, 32)])
+def test_auto_batch_size_and_auto_epochs_and_rate_left_to_the_library(n_train, batch):
     assert openai.auto_batch_size(n_train) == batch
     assert openai.resolve({"n_epochs": "auto"}, n_train) == {
-        "n_epochs": epochs,
+        "n_epochs": "auto",  # train.epochs "auto": the library decides from the training split
         "batch_size": batch,
-        "learning_rate_multiplier": 1.0,
+        "learning_rate_multiplier": "auto",  # train.learning_rate "auto"
     }
 
 
@@ -125,6 +121,23 @@ def test_resolve_keeps_given_numbers_and_dpo_beta():
     assert openai.resolve({"beta": "auto"}, 100)["beta"] == openai.DEFAULT_BETA == 0.1
     assert openai.resolve({"beta": 0.3}, 100)["beta"] == 0.3
     assert "beta" not in openai.resolve({}, 100)
+
+
+def test_the_librarys_resolved_values_become_job_hyperparameters():
+    resolved = {
+        "train.learning_rate": {"value": 0.0014, "why": "width 64", "prior": 0.0014},
+        "train.epochs": {"value": 12.0, "why": "few examples"},
+        "train.early_stopping_patience": {"value": 3, "why": "a validation split"},
+    }
+    assert openai.reported(resolved, 2e-4) == {
+        "n_epochs": (12, "few examples"),
+        "learning_rate_multiplier": (7.0, "width 64"),
+    }
+    assert openai.reported({"train.epochs": {"value": 0.625, "why": ""}}, 2e-4) == {"n_epochs": (0.62, "")}
+    assert openai.reported({"train.learning_rate": {"value": 1e-4 / 3}}, 2e-4) == {
+        "learning_rate_multiplier": (0.167, "")
+    }
+    assert openai.reported({}, 2e-4) == {}
 
 
 def test_the_base_learning_rate_is_the_adapters_or_the_full_one(tmp_path):
@@ -157,7 +170,7 @@ def test_run_config_of_a_job(tmp_path):
         cfg.train.epochs == 2 and cfg.train.batch_size == 8 and cfg.train.learning_rate == pytest.approx(1e-4)
     )
     assert cfg.seed == 3 and cfg.data.max_length == 128 and cfg.data.validation is None
-    assert cfg.data.split.validation == 0.0 and cfg.data.split.test == 0.0 and cfg.data.clean.dedupe == "none"
+    assert cfg.data.split.test == 0.0 and cfg.data.clean.dedupe == "none"  # validation: see below
     # LoRA keeps its method's own defaults
     assert (cfg.method.r, cfg.method.alpha, cfg.method.dropout, cfg.method.target_modules) == (
         16,
@@ -173,3 +186,47 @@ def test_run_config_of_a_job(tmp_path):
         resolved={"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0, "beta": 0.25},
     )
     assert dpo.data.format == "preference" and dpo.objective.name == "dpo" and dpo.objective.beta == 0.25
+
+
+def test_auto_epochs_and_rate_reach_the_library_as_auto_also_once_reported(tmp_path):
+    auto = _cfg(tmp_path, resolved={"n_epochs": "auto", "batch_size": 8, "learning_rate_multiplier": "auto"})
+    assert auto.train.epochs == "auto" and auto.train.learning_rate == "auto"
+    # a later attempt, after the sink reported numbers: the run keeps the config it started with
+    later = _cfg(
+        tmp_path,
+        resolved={"n_epochs": 12, "batch_size": 8, "learning_rate_multiplier": 7.0},
+        requested={"n_epochs": "auto", "learning_rate_multiplier": "auto"},
+    )
+    assert later.fingerprint() == auto.fingerprint()
+    mixed = _cfg(
+        tmp_path,
+        resolved={"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": "auto"},
+        requested={"n_epochs": 2},
+    )
+    assert mixed.train.epochs == 2 and mixed.train.learning_rate == "auto"
+
+
+def test_a_job_without_validation_file_holds_out_a_seeded_stratified_split(tmp_path):
+    split = _cfg(tmp_path).data.split  # validation_split "auto" by default
+    assert (split.validation, split.min_validation, split.max_validation) == (0.1, 5, 1000)
+    assert split.test == 0.0 and split.stratify == "auto"
+    assert _cfg(tmp_path, extras={"validation_split": "auto"}).data.split == split
+    given = _cfg(tmp_path, extras={"validation_split": 0.25}).data.split
+    assert (given.validation, given.min_validation, given.max_validation) == (0.25, 0, None)
+    assert _cfg(tmp_path, extras={"validation_split": 0}).data.split.validation == 0.0
+    with_file = _cfg(tmp_path, validation_path=tmp_path / "v.jsonl", extras={"validation_split": 0.3})
+    assert with_file.data.split.validation == 0.0 and with_file.data.validation == str(tmp_path / "v.jsonl")
+
+
+def test_held_out_records_are_the_users_own_lines(tmp_path):
+    from tuneforge.data.schema import Example, Message, Source
+
+    train = tmp_path / "t.jsonl"
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i} \u2028"}]}) for i in range(4)]
+    train.write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")  # a blank line: line numbers shift
+
+    def ex(line: int | None) -> Example:
+        return Example("chat", [Message("user", "x")], source=Source(str(train), 0, line))
+
+    assert openai.held_out_records(train, [ex(1), ex(4)]).decode() == f"{lines[0]}\n{lines[2]}\n"
+    assert openai.held_out_records(train, [ex(None)]).decode() == json.dumps(ex(None).to_dict()) + "\n"

@@ -6,6 +6,8 @@ The constructed case: the general set asks for capitals; the task asks the same 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -126,3 +128,31 @@ def test_ewc_penalty_is_zero_at_the_base_and_pulls_adapters_back(tiny_model_dir,
                 p -= 1e-3 / max(before, 1e-9) * p.grad
                 p.grad = None
     assert ewc.backward() < before  # a step down the penalty's gradient shrinks the drift
+
+
+def test_the_guard_reacts_to_a_rising_general_loss(knowing_model_dir, forgetting_case, tmp_path):
+    """The task overwrites the general knowledge: watching, the guard measures the rise and the run trains on;
+    acting, validations past the limit are never kept as the best, and early stopping ends the run."""
+    common = [
+        "train.eval_every=2",
+        "train.early_stopping_patience=2",
+        "forgetting.max_general_rise=0.05",
+        "forgetting.guard_examples=16",
+    ]
+    _run(knowing_model_dir, forgetting_case, tmp_path / "watch", *common, "forgetting.guard=watch")
+    _run(knowing_model_dir, forgetting_case, tmp_path / "on", *common, "forgetting.guard=true")
+    runs = {}
+    for name in ("watch", "on"):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        done = json.loads((tmp_path / name / "train_done.json").read_text())
+        runs[name] = ([r for r in rows if "general_ppl_rise" in r], done)
+    checks, done = runs["on"]
+    assert checks and max(r["general_ppl_rise"] for r in checks) > 0.05  # the guard saw the rise
+    over = {r["step"] for r in checks if r["general_ppl_rise"] > 0.05}
+    assert done["best_step"] not in over  # a checkpoint past the limit is never the one kept
+    assert done["stopped_early"] and done["steps"] < 10
+    watch_checks, watch_done = runs["watch"]
+    assert [r["general_loss"] for r in watch_checks[:2]] == pytest.approx(
+        [r["general_loss"] for r in checks[:2]]
+    )
+    assert watch_done["steps"] == 10 and watch_done["best_step"] in {r["step"] for r in watch_checks}

@@ -25,7 +25,7 @@ from tuneforge.config import DataConfig
 from tuneforge.data.clean import clean
 from tuneforge.data.formats import load_file
 from tuneforge.data.schema import Example, Problem, Reject
-from tuneforge.data.split import split
+from tuneforge.data.split import split, stratified_by
 from tuneforge.data.validate import drop_invalid
 from tuneforge.errors import DataError
 
@@ -67,12 +67,17 @@ def prepare_data(
             held[name] = _prepare_file(path, cfg, count_tokens)
             _check_same_kinds(train, held[name])
 
+    fractions = {
+        "validation": 0.0 if "validation" in held else cfg.split.validation,
+        "test": 0.0 if "test" in held else cfg.split.test,
+    }
     parts = split(
         train.examples,
-        validation=0.0 if "validation" in held else cfg.split.validation,
-        test=0.0 if "test" in held else cfg.split.test,
+        **fractions,
         seed=seed,
         stratify=cfg.split.stratify,
+        min_validation=cfg.split.min_validation,
+        max_validation=cfg.split.max_validation,
     )
     rejects = list(train.rejects)
     problems = list(train.problems)
@@ -85,6 +90,7 @@ def prepare_data(
 
     files = {"train": train, **held}
     stats = _summary(files, parts, rejects, problems)
+    stats["stratified_by"] = stratified_by(train.examples, **fractions, stratify=cfg.split.stratify)
     if len(parts["train"]) < cfg.min_examples:
         raise _too_few(cfg, train, parts, stats)
     return PreparedData(

@@ -23,21 +23,25 @@ def split(
     test: float = 0.1,
     seed: int = 0,
     stratify: str = "auto",
+    *,
+    min_validation: int = 0,
+    max_validation: int | None = None,
 ) -> dict[str, list[Example]]:
-    """{"train", "validation", "test"} lists; each split keeps the records' original order."""
+    """{"train", "validation", "test"} lists; each split keeps the records' original order.
+
+    With `validation` > 0 the validation split is round(n × validation) records clamped to
+    [min_validation, max_validation]: a fraction alone gives a noisy handful on a small file and needlessly many on
+    a large one. Something is always left to train on.
+    """
     if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
         raise ValueError("validation and test must be fractions in [0, 1) that sum to less than 1")
+    if min_validation < 0 or (max_validation is not None and max_validation < max(min_validation, 1)):
+        raise ValueError("min_validation must be >= 0 and max_validation >= max(min_validation, 1)")
     n = len(examples)
     fractions = {"validation": validation, "test": test}
-    targets = _targets(n, fractions)
-    key = strata_key(examples, stratify)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, ex in enumerate(examples):
-        groups[key(ex)].append(i)
-
+    targets = _targets(n, fractions, (min_validation, max_validation))
     active = sum(1 for f in fractions.values() if f > 0)
-    if len(groups) > 1 and all(len(m) < active + 1 for m in groups.values()):
-        groups = {"": list(range(n))}  # every class too small to divide: a plain random split instead
+    groups = _strata(examples, stratify, active)[1]
 
     rng = random.Random(seed)
     order = sorted(groups)
@@ -57,16 +61,40 @@ def split(
     return {s: [examples[i] for i in sorted(idx)] for s, idx in out.items()}
 
 
+def stratified_by(
+    examples: Sequence[Example], validation: float = 0.1, test: float = 0.1, stratify: str = "auto"
+) -> str:
+    """What split() stratifies these records by: "label", "answer", or "none" (also when there is one class
+    only, or when every class is too small to divide)."""
+    active = sum(1 for f in (validation, test) if f > 0)
+    return _strata(examples, stratify, active)[0]
+
+
+def _strata(examples: Sequence[Example], stratify: str, active: int) -> tuple[str, dict[str, list[int]]]:
+    """The stratifying mode in effect and the records' indices by stratum."""
+    mode = strata_mode(examples, stratify)
+    key = strata_key(examples, mode)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        groups[key(ex)].append(i)
+    if len(groups) > 1 and all(len(m) < active + 1 for m in groups.values()):
+        return "none", {"": list(range(len(examples)))}  # every class too small to divide: plain random
+    return (mode if len(groups) > 1 else "none"), groups
+
+
+def strata_mode(examples: Sequence[Example], stratify: str) -> str:
+    """`stratify` with "auto" decided: "label" for classification data, "answer" when the answers are a few
+    repeated values, else "none"."""
+    if stratify != "auto":
+        return stratify
+    if examples and all(ex.kind == "classification" for ex in examples):
+        return "label"
+    return "answer" if _answers_are_classes(examples) else "none"
+
+
 def strata_key(examples: Sequence[Example], stratify: str) -> Callable[[Example], str]:
     """The function giving each record's stratum ("" for all when not stratifying)."""
-    mode = stratify
-    if mode == "auto":
-        if examples and all(ex.kind == "classification" for ex in examples):
-            mode = "label"
-        elif _answers_are_classes(examples):
-            mode = "answer"
-        else:
-            mode = "none"
+    mode = strata_mode(examples, stratify)
     if mode == "label":
         return lambda ex: "" if ex.label is None else str(ex.label)
     if mode == "answer":
@@ -92,10 +120,18 @@ def _answers_are_classes(examples: Sequence[Example]) -> bool:
     return repeated >= 0.9 * len(examples)
 
 
-def _targets(n: int, fractions: dict[str, float]) -> dict[str, int]:
-    """How many records each held-out split gets: its share, at least one if asked for, and never all."""
+def _targets(
+    n: int, fractions: dict[str, float], validation_bounds: tuple[int, int | None] = (0, None)
+) -> dict[str, int]:
+    """How many records each held-out split gets: its share (validation's clamped to its bounds), at least one
+    if asked for, and never all."""
     active = [s for s, f in fractions.items() if f > 0]
     targets = {s: round(n * f) for s, f in fractions.items()}
+    if fractions["validation"] > 0:
+        low, high = validation_bounds
+        targets["validation"] = max(targets["validation"], low)
+        if high is not None:
+            targets["validation"] = min(targets["validation"], high)
     if n >= len(active) + 1:  # enough records for one in each asked-for split plus one to train on
         for s in active:
             targets[s] = max(targets[s], 1)

@@ -5,6 +5,7 @@ into the job's events, checkpoints and progress.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.config import RunConfig
+from tuneforge.data.prepare import read_split
 from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 from tuneforge.jobs import openai, store
 from tuneforge.jobs.checks import JobError, check_file, check_method_fits
@@ -149,6 +151,8 @@ class JobRun:
             store.add_event(
                 db, row.id, f"Files validated ({counts}, format {checked.format}), moving job to queued state"
             )
+            if note := _split_note(job, val_path is not None):
+                store.add_event(db, row.id, note[0], level=note[1])
             if checked.warnings:
                 first = checked.warnings[0]
                 store.add_event(
@@ -204,6 +208,7 @@ class JobRun:
             training_type=job.training_type,
             method_type=job.method_type,
             resolved=resolved,
+            requested=job.hyperparameters,
             extras=job.extras,
             seed=job.seed,
             base_learning_rate=openai.base_learning_rate(job.training_type, s),
@@ -233,7 +238,7 @@ class JobRun:
         # starts.
         from tuneforge.recipes.run import finetune
 
-        events = _EventSink(self)
+        events = _EventSink(self, cfg)
         return finetune(
             cfg,
             resume=resume,
@@ -259,7 +264,8 @@ class JobRun:
             )
 
     def _succeeded(self, db: Session, job: Job, run_dir: Path, train: dict[str, Any]) -> None:
-        result_file = self._results_file(db, job, run_dir)
+        # The results CSV first: OpenAI's clients read result_files[0]; the held-out split, if any, follows.
+        result_files = [self._results_file(db, job, run_dir), *(job.result_files or [])]
         model_id = openai.fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
         if db.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id)) is None:
             db.add(
@@ -280,7 +286,7 @@ class JobRun:
             self.lease,
             status="succeeded",
             fine_tuned_model=model_id,
-            result_files=[result_file],
+            result_files=result_files,
             trained_tokens=int(train.get("tokens_seen") or 0),
             step=int(train.get("steps") or job.step),
             finished_at=int(store.now()),
@@ -292,15 +298,20 @@ class JobRun:
 
     def _results_file(self, db: Session, job: Job, run_dir: Path) -> str:
         """The run's metrics.jsonl as OpenAI's results CSV, stored as a file with purpose fine-tune-results."""
-        data = openai.results_csv(RunDir(run_dir).read_metrics())
+        return self.result_file(
+            db, job.owner, "step_metrics.csv", openai.results_csv(RunDir(run_dir).read_metrics())
+        )
+
+    def result_file(self, db: Session, owner: str, filename: str, data: bytes) -> str:
+        """`data` stored as a file of the job's owner with purpose fine-tune-results; its id."""
         file_id = store.new_id("file")
         path = self.settings.files_dir / file_id
         path.write_bytes(data)
         db.add(
             store.File(
                 id=file_id,
-                owner=job.owner,
-                filename="step_metrics.csv",
+                owner=owner,
+                filename=filename,
                 purpose="fine-tune-results",
                 bytes=len(data),
                 path=str(path),
@@ -371,6 +382,19 @@ def _pk(db: Session, job_id: str) -> int:
     return db.scalar(select(Job.pk).where(Job.id == job_id))
 
 
+def _split_note(job: _JobView, has_validation_file: bool) -> tuple[str, str] | None:
+    """The job event that says what becomes of `validation_split` where it is not the default's usual effect."""
+    value = job.extras.get("validation_split", "auto")
+    if has_validation_file and value not in ("auto", 0):
+        return f"validation_split {value} is not used: the job validates on its validation file", "warn"
+    if not has_validation_file and value == 0:
+        return (
+            "validation_split is 0: no records held out, so no validation loss, early stopping or best checkpoint",
+            "info",
+        )
+    return None
+
+
 def _error_code(e: TuneforgeError) -> str:
     if isinstance(e, DataError):
         return "invalid_training_data"
@@ -408,10 +432,12 @@ class _JobView:
 
 
 class _EventSink:
-    """Receives the training loop's events and writes them as job events, checkpoints and progress."""
+    """Receives the training loop's events and writes them as job events, checkpoints and progress; also the
+    values the library resolved for "auto" hyperparameters, and the validation split it held out."""
 
-    def __init__(self, job: JobRun):
-        self.job, self.lease = job, job.lease
+    def __init__(self, job: JobRun, cfg: RunConfig):
+        self.job, self.lease, self.cfg = job, job.lease, cfg
+        self.base_learning_rate = openai.base_learning_rate(cfg.method.name, job.settings)
         self.total_steps: int | None = None
         self.t0 = time.time()
         self.start_step: int | None = None
@@ -427,21 +453,85 @@ class _EventSink:
             ).all()
         # After a resume the loop replays the steps since the last checkpoint with the same values: keep one.
         self._seen = {(step, "valid_loss" in (data or {})) for step, data in seen}
+        # A validation split to report once the run has written it (not again after a resume).
+        self._held_out_pending = (
+            cfg.data.validation is None and cfg.data.split.validation > 0 and not self._held_out_recorded()
+        )
 
     def __call__(self, kind: str, payload: dict[str, Any]) -> None:
         if self.job.lost.is_set():
             return
+        if self._held_out_pending:
+            self._held_out()
         if kind == "message":
             total = payload.get("total_steps")
             with store.transaction(self.job.sessions) as db:
+                job = db.get_one(Job, _pk(db, self.lease.job_id))
                 if total is not None:
                     self.total_steps = total
-                    db.get_one(Job, _pk(db, self.lease.job_id)).total_steps = total
+                    job.total_steps = total
                 store.add_event(db, self.lease.job_id, payload.get("message", ""))
+                if payload.get("resolved"):
+                    self._resolved(db, job, payload["resolved"])
         elif kind == "metrics":
             self._metrics(payload)
         elif kind == "checkpoint":
             self._checkpoint(payload)
+
+    def _resolved(self, db: Session, job: Job, resolved: dict[str, Any]) -> None:
+        """The library's set-up chose the "auto" epochs and learning rate: the job reports them as numbers, and
+        why as an event. Unchanged values (a resumed run reuses them) add no event."""
+        values = openai.reported(resolved, self.base_learning_rate)
+        current = dict(job.resolved or job.hyperparameters)
+        for name, (value, why) in values.items():
+            if current.get(name) == value:
+                continue
+            current[name] = value
+            lr = resolved["train.learning_rate"]["value"] if name == "learning_rate_multiplier" else None
+            detail = f" (learning rate {lr:.3g})" if lr is not None else ""
+            store.add_event(db, job.id, f"{name} set to {value}{detail}" + (f": {why}" if why else ""))
+        job.resolved = current  # a new dict: the JSON column sees the change
+
+    def _held_out_recorded(self) -> bool:
+        with self.job.sessions() as db:
+            ids = db.scalar(select(Job.result_files).where(Job.id == self.lease.job_id)) or []
+            if not ids:
+                return False
+            names = db.scalars(select(store.File.filename).where(store.File.id.in_(ids)))
+            return openai.HELD_OUT_FILENAME in set(names)
+
+    def _held_out(self) -> None:
+        """Once the run has split its data: how many training records it held out for validation, as a job
+        event, and those records as a result file of the job (validation_split.jsonl)."""
+        run = RunDir(self.cfg.run_dir)
+        if not run.splits_marker.is_file():
+            return  # not split yet: the first events come from loading the model
+        self._held_out_pending = False
+        counts = json.loads(run.splits_marker.read_text())
+        held = read_split(run.split("validation"))
+        if not held:
+            return
+        n = counts["train"] + len(held)
+        report = json.loads(run.data_report.read_text()) if run.data_report.is_file() else {}
+        strata = report.get("stats", {}).get("stratified_by", "none")
+        how = "seeded" + (f", stratified by {strata}" if strata != "none" else "")
+        data = openai.held_out_records(Path(self.cfg.data.train), held)
+        with store.transaction(self.job.sessions) as db:
+            job = db.get_one(Job, _pk(db, self.lease.job_id))
+            file_id = self.job.result_file(db, job.owner, openai.HELD_OUT_FILENAME, data)
+            job.result_files = [*(job.result_files or []), file_id]
+            store.add_event(
+                db,
+                job.id,
+                f"Held out {len(held)} of {n} training examples for validation ({len(held) / n:.0%}, {how}); "
+                f"see the job's result file {openai.HELD_OUT_FILENAME} ({file_id})",
+                data={
+                    "held_out": len(held),
+                    "training_examples": n,
+                    "stratified_by": strata,
+                    "file": file_id,
+                },
+            )
 
     def _metrics(self, row: dict[str, Any]) -> None:
         step = int(row["step"])

@@ -1,18 +1,19 @@
 """The OpenAI translation of a job, one place for each: the model and checkpoint ids, the names of the training
 metrics (job events, checkpoint metrics, the results CSV), the hyperparameters' "auto" policy with the base
-learning rate, and the job's tuneforge run config.
+learning rate, the validation split a job without a validation file gets, and the job's tuneforge run config.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig
+from tuneforge.data.schema import Example
 from tuneforge.methods import registry
 from tuneforge.recipes.build import build_config
 from tuneforge.settings import Settings
@@ -120,11 +121,15 @@ def results_csv(rows: Iterable[dict[str, Any]]) -> bytes:
 
 # --------------------------------------------------------------------------------------- hyperparameters
 
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-DEFAULT_EPOCHS = 3
-MAX_AUTO_EPOCHS = 25
 DEFAULT_BETA = 0.1
+# validation_split "auto": 10% of the training file, at least enough records for a loss that is not noise, at
+# most what a validation pass can afford every few steps.
+AUTO_VALIDATION_FRACTION = 0.1
+MIN_AUTO_VALIDATION = 5
+MAX_AUTO_VALIDATION = 1000
+HELD_OUT_FILENAME = "validation_split.jsonl"
+# what the library's set-up resolves ("resolved" in its message event) → the job hyperparameter it reports
+RESOLVED_KEYS = {"train.epochs": "n_epochs", "train.learning_rate": "learning_rate_multiplier"}
 
 # tuneforge's extension hyperparameters → where they go in the run config
 EXTRA_KEYS = {
@@ -141,36 +146,48 @@ EXTRA_KEYS = {
 }
 
 
-def auto_epochs(n_train: int) -> int:
-    """3, raised for small files so that training sees at least 100 examples (at most 25 epochs), lowered for
-    large ones so that it sees at most 25,000 examples (at least 1): OpenAI's published rule."""
-    n = DEFAULT_EPOCHS
-    if n_train * n < MIN_TARGET_EXAMPLES:
-        n = min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(n_train, 1)))
-    elif n_train * n > MAX_TARGET_EXAMPLES:
-        n = max(1, MAX_TARGET_EXAMPLES // n_train)
-    return n
-
-
 def auto_batch_size(n_train: int) -> int:
     """8 below 2,000 training examples, 16 below 20,000, else 32."""
     return 8 if n_train < 2_000 else 16 if n_train < 20_000 else 32
 
 
+def _is_auto(value: Any) -> bool:
+    return value in (None, "auto")
+
+
 def resolve(hp: dict[str, Any], n_train: int) -> dict[str, Any]:
-    """The three OpenAI hyperparameters (and DPO's beta) with "auto" replaced by numbers, once the training file
-    has been read (the rules are documented in the README). An "auto" learning_rate_multiplier is 1: the job
-    trains at `base_learning_rate`. An "auto" beta is 0.1."""
-    n_epochs = hp.get("n_epochs", "auto")
-    batch = hp.get("batch_size", "auto")
-    lrm = hp.get("learning_rate_multiplier", "auto")
+    """The job's hyperparameters as far as the service decides them, once the training file has been read (the
+    rules are documented in the README): an "auto" batch_size from the file's size, an "auto" beta 0.1.
+
+    "auto" n_epochs and learning_rate_multiplier stay "auto": the run config passes train.epochs / learning_rate
+    "auto" and the library picks them during set-up (from the training split, the method, the model and the
+    batch size); the job's event sink then records the numbers it chose (`reported`)."""
+    n_epochs, batch, lrm = (hp.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier"))
     out = {
-        "n_epochs": auto_epochs(n_train) if n_epochs in (None, "auto") else int(n_epochs),
-        "batch_size": auto_batch_size(n_train) if batch in (None, "auto") else int(batch),
-        "learning_rate_multiplier": 1.0 if lrm in (None, "auto") else float(lrm),
+        "n_epochs": "auto" if _is_auto(n_epochs) else int(n_epochs),
+        "batch_size": auto_batch_size(n_train) if _is_auto(batch) else int(batch),
+        "learning_rate_multiplier": "auto" if _is_auto(lrm) else float(lrm),
     }
     if "beta" in hp:  # DPO jobs
-        out["beta"] = DEFAULT_BETA if hp["beta"] in (None, "auto") else float(hp["beta"])
+        out["beta"] = DEFAULT_BETA if _is_auto(hp["beta"]) else float(hp["beta"])
+    return out
+
+
+def reported(resolved: dict[str, Any], base_learning_rate: float) -> dict[str, tuple[int | float, str]]:
+    """The library's resolved settings as job hyperparameters, each with the library's reason: train.epochs →
+    n_epochs, train.learning_rate → learning_rate_multiplier (the rate over the job's base learning rate, to
+    3 significant digits). Other resolved settings are not hyperparameters of a job."""
+    out: dict[str, tuple[int | float, str]] = {}
+    for key, name in RESOLVED_KEYS.items():
+        entry = resolved.get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("value"), int | float):
+            continue
+        value = float(entry["value"])
+        if name == "n_epochs":  # OpenAI's n_epochs is a whole number; a fraction is shown as it is
+            number: int | float = int(value) if value.is_integer() else round(value, 2)
+        else:
+            number = float(f"{value / base_learning_rate:.3g}")
+        out[name] = (number, str(entry.get("why") or ""))
     return out
 
 
@@ -180,6 +197,45 @@ def base_learning_rate(training_type: str, settings: Settings) -> float:
     if registry.get(training_type).artifact == "adapter":
         return settings.lora_learning_rate
     return settings.full_learning_rate
+
+
+def validation_split(value: Any, has_validation_file: bool) -> dict[str, Any]:
+    """The run's data.split for a job. With a validation file nothing is held out; `validation_split` 0 turns the
+    split off; "auto" (the default) holds out 10% of the training file, at least 5 and at most 1,000 records; a
+    number is that fraction. Seeded by the job's seed (the run's), stratified by label or answer where the data
+    has classes (split.stratify auto). Never a test split: the user's records are for training and validation."""
+    none = {"validation": 0.0, "test": 0.0}
+    if has_validation_file or value == 0:
+        return none
+    if _is_auto(value):
+        return {
+            **none,
+            "validation": AUTO_VALIDATION_FRACTION,
+            "min_validation": MIN_AUTO_VALIDATION,
+            "max_validation": MAX_AUTO_VALIDATION,
+            "stratify": "auto",
+        }
+    return {**none, "validation": float(value), "stratify": "auto"}
+
+
+def held_out_records(train_file: Path, held_out: Sequence[Example]) -> bytes:
+    """The held-out validation records as JSONL, as the user sent them (their lines of the training file), so
+    the file can be uploaded again as a job's validation_file. Records without a JSONL line of their own (a
+    JSON document) are written as tuneforge normalised them."""
+    lines = train_file.read_text(encoding="utf-8-sig").split("\n")  # "\n" only, as the JSONL reader splits
+    out = []
+    for ex in held_out:
+        line = ex.source.line if ex.source else None
+        text = lines[line - 1].rstrip("\r") if line and line <= len(lines) else ""
+        out.append(text if _is_object(text) else json.dumps(ex.to_dict(), ensure_ascii=False))
+    return "".join(f"{x}\n" for x in out).encode()
+
+
+def _is_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 # -------------------------------------------------------------------------------------------- run config
@@ -198,10 +254,18 @@ def run_config(
     seed: int,
     base_learning_rate: float,
     max_length: int,
+    requested: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """The run config of a job: no test split (nothing is held out of the user's training file), validation
-    from the validation file only, records kept as given (no de-duplication: the job trains on what was sent).
-    The method keeps its own defaults (LoRA: r 16, alpha 32, all linear layers) unless the extras set them."""
+    """The run config of a job: no test split (nothing is held out of the user's training file for testing),
+    validation from the validation file or else a split of the training file (`validation_split`), records kept
+    as given (no de-duplication: the job trains on what was sent). The method keeps its own defaults (LoRA: r 16,
+    alpha 32, all linear layers) unless the extras set them.
+
+    n_epochs and learning_rate_multiplier that were requested as "auto" (`requested`: the job's hyperparameters
+    as sent; default `resolved`) reach the library as train.epochs / train.learning_rate "auto" — also on a later
+    attempt, after the job's reported values became numbers, so that a resumed run has the config it started
+    with. Explicit values mean integer epochs and multiplier × `base_learning_rate`."""
+    asked = resolved if requested is None else requested
     cfg: dict[str, Any] = {
         "run_dir": str(run_dir),
         "seed": seed,
@@ -209,7 +273,7 @@ def run_config(
         "data": {
             "train": str(train_path),
             "validation": str(validation_path) if validation_path else None,
-            "split": {"validation": 0.0, "test": 0.0},
+            "split": validation_split(extras.get("validation_split"), validation_path is not None),
             "clean": {"dedupe": "none"},
             "max_length": max_length,
             "truncation": "raise",
@@ -217,9 +281,11 @@ def run_config(
         },
         "method": {"name": training_type},  # any registered LM method (`tuneforge methods`)
         "train": {
-            "epochs": resolved["n_epochs"],
+            "epochs": "auto" if _is_auto(asked.get("n_epochs")) else int(resolved["n_epochs"]),
             "batch_size": resolved["batch_size"],
-            "learning_rate": base_learning_rate * resolved["learning_rate_multiplier"],
+            "learning_rate": "auto"
+            if _is_auto(asked.get("learning_rate_multiplier"))
+            else base_learning_rate * float(resolved["learning_rate_multiplier"]),
         },
     }
     if method_type == "dpo":  # preference pairs; the reference is the base (the adapter switched off)

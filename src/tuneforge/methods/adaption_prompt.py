@@ -45,4 +45,6 @@ register_peft(
     "LLaMA-Adapter: gated prompt tokens in the top layers, zero-init (peft; Llama/Mistral/GPT-2).",
     build,
     check=no_packing("adaption_prompt"),
+    reference_lr=9e-3,  # LLaMA-Adapter's paper
+    lr_scales_with_width=False,
 )

@@ -119,6 +119,7 @@ register(
         save=save,
         load=load,
         artifact="model",
+        reference_lr=2e-5,  # every weight moves: a tenth of LoRA's
         check=check,
         param_groups=param_groups,
         recipe="classify",

@@ -79,6 +79,7 @@ register(
         save=save_model_folder,
         load=full.load,
         artifact="model",
+        reference_lr=2e-5,  # every weight moves: a tenth of LoRA's
         param_groups=llrd.param_groups,
     )
 )

@@ -35,6 +35,7 @@ register(
         save=save_model_folder,
         load=load,
         artifact="model",
+        reference_lr=2e-5,  # every weight moves: a tenth of LoRA's
         param_groups=llrd.param_groups,
     )
 )

@@ -37,4 +37,6 @@ register_peft(
     IA3MethodConfig,
     "IA3: learned rescaling vectors on keys, values and feed-forward (peft); tiniest adapter.",
     build,
+    reference_lr=3e-3,  # IA3's published rate (its vectors start at 1)
+    lr_scales_with_width=False,
 )

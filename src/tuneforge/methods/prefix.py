@@ -39,4 +39,6 @@ register_peft(
     "Prefix tuning: trained key/value vectors before every layer's context (peft).",
     build,
     check=no_packing("prefix tuning"),
+    reference_lr=1e-2,  # PEFT's prefix-tuning examples
+    lr_scales_with_width=False,
 )

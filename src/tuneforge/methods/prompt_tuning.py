@@ -40,4 +40,6 @@ register_peft(
     "Prompt tuning: a trained soft prompt of N virtual tokens before every input (peft).",
     build,
     check=no_packing("prompt tuning"),
+    reference_lr=3e-2,  # PEFT's prompt-tuning examples (Lester et al. 2021 used 0.3)
+    lr_scales_with_width=False,
 )

@@ -48,6 +48,11 @@ class MethodSpec:
     # recipe: "lm" trains the causal-LM objective (recipes/lm.py); "classify" trains a classification head
     # (recipes/classify.py); both through the one training loop (train/loop.py)
     recipe: str = "lm"
+    # The learning rate the field uses for this method on a 7B-class model (hidden size 4096) at batch 8; an
+    # `auto` learning rate starts from it (train/auto.py). Rates of weight-matrix updates fall with the model's
+    # width (scaled there); those of soft prompts and IA3's scaling vectors do not.
+    reference_lr: float = 2e-4
+    lr_scales_with_width: bool = True
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

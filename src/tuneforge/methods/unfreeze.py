@@ -88,6 +88,7 @@ register(
         save=save_model_folder,
         load=full.load,
         artifact="model",
+        reference_lr=2e-5,  # every weight moves: a tenth of LoRA's
         param_groups=param_groups,
         on_step=on_step,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- errors
 def _explain(first: dict[str, Any], source: str, data: dict[str, Any]) -> ConfigError:
     """Turn pydantic's first error into one line that names the key, the problem and the fix."""
-    loc = ".".join(str(p) for p in first["loc"])
+    # A value that may be a number or "auto" fails as every member of the union: `train.epochs.float` and
+    # `train.epochs.literal['auto']` both mean `train.epochs`.
+    parts = [str(p) for p in first["loc"] if not re.fullmatch(r"int|float|bool|literal\[.*\]", str(p))]
+    loc = ".".join(parts)
+    if first["type"].startswith(("float_", "int_")) and first["input"] is not None:
+        first = {**first, "msg": first["msg"] + ' (or "auto")'}
     if first["type"] == "extra_forbidden":
         key = str(first["loc"][-1])
         section = _section_at(first["loc"][:-1], data)

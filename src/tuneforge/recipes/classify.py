@@ -22,6 +22,7 @@ from tuneforge.models.load import base_path_for, pick_device
 from tuneforge.models.registry import resolve
 from tuneforge.recipes.splits import prepare_splits, token_counter
 from tuneforge.rundir import RunDir
+from tuneforge.train import auto
 from tuneforge.train.loop import Hooks, Loop, RunOptions, start_run
 from tuneforge.train.objectives import Classification
 from tuneforge.train.runtime import resolve_precision
@@ -50,6 +51,13 @@ class Classify:
         self.train_rows = self._encode(self.splits["train"])
         self.val_rows = self._encode(self.splits["validation"])
         model = self.spec.prepare(model.to(device), cfg.method)
+        facts = auto.RunFacts(
+            n_items=len(self.train_rows),
+            width=getattr(model.config, "hidden_size", None),
+            has_validation=bool(self.val_rows),
+            instruct=False,
+        )
+        cfg = self.cfg = auto.resolve_and_record(cfg, self.run, facts, has_progress, self.options.on_event)
         self.loop = Loop(
             cfg,
             self.run,

@@ -31,6 +31,7 @@ from tuneforge.progress import Steps, console
 from tuneforge.recipes.runs import load_any
 from tuneforge.recipes.splits import append_rejects, prepare_splits, token_counter, write_data_report
 from tuneforge.rundir import RunDir
+from tuneforge.train import auto
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import compile as compile_layers
 from tuneforge.train.loop import Hooks, Loop, RunOptions, start_run
@@ -40,6 +41,7 @@ from tuneforge.train.runtime import (
     frozen_to_bf16,
     keep_freed_memory,
     resolve_precision,
+    seed_everything,
 )
 
 
@@ -74,6 +76,8 @@ class FineTune:
             keep_freed_memory()
         self._prepare_data()
         model, precision, penalty = self._prepare_model()
+        cfg = self.cfg = self._resolve_auto(model, precision, has_progress)
+        guard = self._guard(model, precision) if cfg.forgetting.guard else None
         self.loop = Loop(
             cfg,
             self.run,
@@ -89,6 +93,7 @@ class FineTune:
                 step_context=self._step_kernels,
                 after_step=self._after_step,
                 penalty=penalty,
+                guard=guard,
                 artifact_extras=self.lm.tokenizer.save_pretrained,
             ),
         )
@@ -133,6 +138,50 @@ class FineTune:
             console.print(
                 f"Packed {n_before} train sequences into {len(self.train_seqs)} rows of <= {cfg.data.max_length}"
             )
+
+    def _resolve_auto(self, model: torch.nn.Module, precision: str, has_progress: bool) -> RunConfig:
+        """The run's `auto` settings decided (train/auto.py) — a resumed run reuses its earlier decisions."""
+        facts = auto.RunFacts(
+            n_items=len(self.train_seqs),
+            width=getattr(getattr(model, "config", None), "hidden_size", None),
+            has_validation=bool(self.val_seqs),
+            instruct=self.lm.template_origin == "model",
+            # fp16 needs a gradient scaler that only the loop has
+            range_test=None if precision == "fp16" else lambda: self._range_test(model, precision),
+        )
+        return auto.resolve_and_record(self.cfg, self.run, facts, has_progress, self.options.on_event)
+
+    def _range_test(self, model: torch.nn.Module, precision: str) -> auto.RangeTest:
+        cfg, device = self.cfg, self.lm.device
+        console.print(f"Learning-rate range test: {auto.RANGE_TEST_STEPS} steps on a throw-away copy ...")
+        t0 = time.time()
+        test = auto.range_test(
+            model,
+            self.objective,
+            self.train_seqs,
+            pad_id=self.lm.tokenizer.pad_token_id,
+            batch_size=cfg.train.batch_size * cfg.train.grad_accum,
+            device=device,
+            autocast=lambda: torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"),
+            micro_budget=512 if device.type == "cpu" else None,
+            seed=cfg.seed,
+        )
+        seed_everything(cfg.seed)  # training then draws the same dropout masks as with a set rate
+        console.print(f"[dim]Range test took {time.time() - t0:.0f} s[/]")
+        return test
+
+    def _guard(self, model: torch.nn.Module, precision: str):
+        from tuneforge.train.forgetting import build_guard
+
+        guard = build_guard(self.cfg, self.lm.tokenizer, self.lm.tokenizer.pad_token_id)
+        base = guard.measure_base(
+            model, lambda: torch.autocast(self.lm.device.type, torch.bfloat16, enabled=precision == "bf16")
+        )
+        console.print(
+            f"[dim]Forgetting guard: {len(guard.seqs)} general examples, base loss {base:.4f}, limit "
+            f"+{guard.limit:.0%} perplexity[/]"
+        )
+        return guard
 
     def _add_replay(self, tok: Any) -> None:
         """forgetting.replay: general examples mixed into the training stream (seeded, so resume sees the same)."""

@@ -52,6 +52,7 @@ def probe(cfg: RunConfig, model: str | None = None) -> Iterator[FineTune]:
         scratch = cfg.model_copy(deep=True)
         scratch.run_dir = tmp
         scratch.train.memory_check = False
+        scratch.train.lr_range_test = False  # the estimate does not depend on the rate
         scratch.tracking.backends = []
         if model is not None:
             scratch.model.name = model

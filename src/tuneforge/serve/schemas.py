@@ -68,8 +68,9 @@ class HyperparametersIn(Request):
 
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field(
         "auto",
-        description='Passes over the training file. "auto": 3, raised for small files so that training sees at '
-        "least 100 examples (at most 25 epochs), lowered so that it sees at most 25,000.",
+        description='Passes over the training file. "auto": chosen by tuneforge from the training split\'s size '
+        "(enough optimizer steps for a small file, not pointlessly many for a large one; early stopping on the "
+        "validation split does the rest); the job reports the number once training starts.",
     )
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = Field(
         "auto",
@@ -77,7 +78,16 @@ class HyperparametersIn(Request):
     )
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = Field(
         "auto",
-        description='Scales the server\'s base learning rate (2e-4 for LoRA, 2e-5 for full). "auto": 1.',
+        description='Scales the server\'s base learning rate (2e-4 for LoRA, 2e-5 for full). "auto": tuneforge '
+        "picks the learning rate for the method, the model's width and the batch size (refined by a short "
+        "range test where that costs little); the job reports it as a multiplier once training starts.",
+    )
+    validation_split: Auto | Annotated[float, Field(ge=0, le=0.5)] = Field(
+        "auto",
+        description="tuneforge: share of the training file held out for validation (loss curve, early "
+        'stopping, best checkpoint) when the job has no validation_file. "auto": 10%, at least 5 and at most '
+        "1,000 records; 0: none. Seeded by the job's seed, stratified where the answers are a few classes; the "
+        "held-out records are a result file of the job (validation_split.jsonl).",
     )
     lora_rank: int | None = Field(None, ge=1, le=512, description="tuneforge: LoRA rank r (default 16).")
     lora_alpha: float | None = Field(None, gt=0, description="tuneforge: LoRA alpha (default 32).")
@@ -91,6 +101,16 @@ class HyperparametersIn(Request):
     eval_every: int | None = Field(None, ge=1, description="tuneforge: validate every N steps.")
     save_every: int | None = Field(None, ge=1, description="tuneforge: checkpoint every N steps.")
     max_length: int | None = Field(None, ge=8, description="tuneforge: longest example in tokens.")
+
+    @field_validator("validation_split", mode="before")
+    @classmethod
+    def _split_share(cls, v: Any) -> Any:
+        ok = v == "auto" or (isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 0.5)
+        if not ok:
+            raise ValueError(
+                f'validation_split must be "auto" or a fraction from 0 to 0.5 (0: no validation split), not {v!r}'
+            )
+        return v
 
     def openai_part(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
@@ -186,7 +206,10 @@ class JobErrorOut(Response):
 
 
 class HyperparametersOut(Response):
-    n_epochs: Auto | int
+    """As requested, with "auto" replaced by the value once known: batch_size when the files are validated,
+    n_epochs and learning_rate_multiplier when training sets up (a fractional epoch count stays a fraction)."""
+
+    n_epochs: Auto | int | float
     batch_size: Auto | int
     learning_rate_multiplier: Auto | float
 

@@ -38,9 +38,12 @@ class LoopState:
     stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def record_validation(self, val_loss: float, patience: int | None) -> tuple[bool, bool]:
-        """Note a validation at the current step: (is it the best so far, should early stopping end the run)."""
-        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+    def record_validation(
+        self, val_loss: float, patience: int | None, admissible: bool = True
+    ) -> tuple[bool, bool]:
+        """Note a validation at the current step: (is it the best so far, should early stopping end the run).
+        A validation that is not `admissible` (the forgetting guard's limit passed) cannot be the best."""
+        improved = admissible and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss, self.best_step, self.evals_without_improvement = val_loss, self.step, 0
         else:

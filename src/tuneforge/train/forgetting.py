@@ -17,6 +17,7 @@ the base and the tuned model. What reduces it, each at a cost in task gain that 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -171,3 +172,64 @@ def build_ewc(cfg: Any, model: nn.Module, tok: Any, device: torch.device) -> EWC
             anchor = p.detach().clone()
             terms.append((lambda p=p, a=anchor: p - a, f))
     return EWC(cfg.forgetting.ewc, terms)
+
+
+# ----------------------------------------------------------------------------------------------- the guard
+class Guard:
+    """The forgetting guard (`forgetting.guard`): the loss on a few general examples at each validation, as the
+    relative rise of their perplexity over the base model's. When it `acts`, the loop keeps as the best checkpoint
+    only validations within `limit`, so early stopping ends a run whose general loss stays above it."""
+
+    def __init__(self, seqs: list, pad_id: int, limit: float, batch_size: int, acts: bool = True):
+        self.seqs, self.pad_id, self.limit, self.batch_size = seqs, pad_id, limit, batch_size
+        self.acts = acts  # False ("watch"): measure and warn only
+        self.base_loss: float | None = None
+
+    @torch.no_grad()
+    def loss(self, model: nn.Module, autocast: Callable[[], Any]) -> float:
+        from tuneforge.data.collate import collate
+
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total = weight = 0.0
+        try:
+            for i in range(0, len(self.seqs), self.batch_size):
+                b = collate(self.seqs[i : i + self.batch_size], self.pad_id)
+                with autocast():
+                    parts = weighted_lm_loss(model, {k: v.to(device) for k, v in b.items()})
+                total += float(parts.loss_sum)
+                weight += float(parts.weight_sum)
+        finally:
+            model.train(was)
+        return total / max(weight, 1e-9)
+
+    def measure_base(self, model: nn.Module, autocast: Callable[[], Any]) -> float:
+        """The base model's general loss (adapters switched off; a full fine-tune is measured before step 1)."""
+        with adapters_off(model):
+            self.base_loss = self.loss(model, autocast)
+        return self.base_loss
+
+    def check(self, model: nn.Module, autocast: Callable[[], Any]) -> dict[str, float]:
+        g = self.loss(model, autocast)
+        rise = math.exp(min(g - (self.base_loss or g), 50)) - 1
+        return {"general_loss": g, "general_ppl_rise": rise}
+
+
+def build_guard(cfg: Any, tok: Any, pad_id: int) -> Guard:
+    """`forgetting.guard_examples` general examples (the `forgetting.data` pool, shuffled apart from replay's)."""
+    from tuneforge.data.tokenize import tokenize_examples
+
+    pool = general_examples(cfg.forgetting.data, "train")
+    random.Random(cfg.seed + 43).shuffle(pool)
+    dcfg = cfg.data.model_copy(update={"truncation": "drop", "train_on": "assistant"})
+    seqs, _ = tokenize_examples(pool[: cfg.forgetting.guard_examples], tok, dcfg, (), "guard")
+    if not seqs:
+        raise DataError(
+            "no general example fits data.max_length for the forgetting guard",
+            "raise data.max_length, or set forgetting.guard: false",
+        )
+    seqs.sort(key=len)  # batches of similar length: less padding
+    return Guard(
+        seqs, pad_id, cfg.forgetting.max_general_rise, cfg.train.batch_size * 2, cfg.forgetting.guard is True
+    )

@@ -76,6 +76,9 @@ class Hooks:
     after_step: Callable[[dict[str, Any]], None] | None = None
     # a regulariser whose gradient is added after the step's batches: .name, .backward(backward) -> its value (EWC)
     penalty: Any = None
+    # the forgetting guard (train/forgetting.Guard): .check(model, autocast) -> {general_loss, general_ppl_rise}
+    # at each validation; .limit, the rise above which (when it .acts) a validation cannot be the best
+    guard: Any = None
     # files saved next to the trained weights (the tokenizer; a classifier's label names)
     artifact_extras: Callable[[Path], None] = lambda folder: None
 
@@ -121,7 +124,8 @@ class Loop:
         self.batches_per_epoch = math.ceil(len(train_items) / t.batch_size)
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
-        self.eval_every = t.eval_every or max(1, self.steps_per_epoch // 4)
+        # 4 validations per epoch, at most 20 per run: many epochs of a small set need no validation every step
+        self.eval_every = t.eval_every or max(1, self.steps_per_epoch // 4, math.ceil(self.total_steps / 20))
         self.save_every = t.save_every or self.eval_every
         scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
@@ -225,10 +229,14 @@ class Loop:
         st = self.state
         st.stopped_early = True
         self.save_checkpoint()
+        best = (
+            f"best {st.best_val_loss:.4f} at step {st.best_step}"
+            if st.best_step is not None
+            else "no validation within the forgetting guard's limit"
+        )
         msg = (
             f"Early stopping at step {st.step}: validation loss has not improved for "
-            f"{self.cfg.train.early_stopping_patience} evaluations (best {st.best_val_loss:.4f} "
-            f"at step {st.best_step})"
+            f"{self.cfg.train.early_stopping_patience} evaluations ({best})"
         )
         console.print(msg)
         self.on_event("message", {"message": msg})
@@ -328,8 +336,27 @@ class Loop:
         """Validate, keep the best weights, and say whether early stopping should end the run."""
         st = self.state
         res = self.validation_loss()
+        guard = self.hooks.guard
+        if guard is not None:
+            res |= guard.check(self.model, self.accelerator.autocast)
         self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), **res})
-        improved, stop = st.record_validation(res["val_loss"], self.cfg.train.early_stopping_patience)
+        over = guard is not None and res["general_ppl_rise"] > guard.limit
+        admissible = not (over and guard.acts)
+        if over:
+            msg = (
+                f"Forgetting guard: general perplexity {res['general_ppl_rise']:+.0%} at step {st.step} (limit "
+                f"{guard.limit:.0%}); "
+                + (
+                    "this checkpoint is not kept as the best"
+                    if guard.acts
+                    else "watching only (forgetting.guard: true acts; forgetting.replay mixes general data in)"
+                )
+            )
+            console.print(f"[yellow]{msg}[/]")
+            self.on_event("message", {"message": msg})
+        improved, stop = st.record_validation(
+            res["val_loss"], self.cfg.train.early_stopping_patience, admissible
+        )
         if improved:
             self.save_best(self.run.best, self.run.best_state)
         return stop
