@@ -20,7 +20,15 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(
 ):
     settings = service_settings(tmp_path / "data", tiny_base, db_url, lease_s=2.0, heartbeat_s=0.25)
     db = Worker(settings)  # used here only to reach the database
-    job_id = _job(db, _file(db, capitals_jsonl), max_steps=150, batch_size=4, save_every=5, lora_rank=4)
+    job_id = _job(
+        db,
+        _file(db, capitals_jsonl),
+        max_steps=150,
+        batch_size=4,
+        save_every=5,
+        lora_rank=4,
+        validation_split=0,
+    )  # no validation: early stopping would end the job before step 150
 
     def checkpoint_steps() -> list[int]:
         with db.sessions() as s:

@@ -77,7 +77,13 @@ def test_a_server_restart_mid_job_loses_no_file_job_or_event(tmp_path, tiny_base
             method={
                 "type": "supervised",
                 "supervised": {
-                    "hyperparameters": {"batch_size": 4, "max_steps": 150, "save_every": 5, "lora_rank": 4}
+                    "hyperparameters": {
+                        "batch_size": 4,
+                        "max_steps": 150,
+                        "save_every": 5,
+                        "lora_rank": 4,
+                        "validation_split": 0,  # every step runs: no early stopping
+                    }
                 },
             },
         )
