@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.jobs.service_fixtures import service_settings
-from tests.jobs.test_worker import _file, _get, _messages
+from tests.jobs.test_worker import _file, _get, _job, _messages
 from tuneforge.data.prepare import read_split
 from tuneforge.jobs import openai, store
 from tuneforge.jobs.lifecycle import JobRun, _EventSink
@@ -23,29 +23,6 @@ from tuneforge.rundir import RunDir
 pytestmark = [pytest.mark.timeout(300), pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
 FAST = dict(max_steps=4, eval_every=2, batch_size=4, lora_rank=4)
-
-
-def _job(worker: Worker, train: str, seed: int = 0, **hp) -> str:
-    job_id = store.new_id("ftjob")
-    openai_keys = ("n_epochs", "batch_size", "learning_rate_multiplier")
-    with store.transaction(worker.sessions) as s:
-        s.add(
-            Job(
-                id=job_id,
-                owner="alice",
-                model="tiny",
-                training_file=train,
-                seed=seed,
-                training_type="lora",
-                hyperparameters={k: hp.get(k, "auto") for k in openai_keys},
-                extras={k: v for k, v in hp.items() if k not in openai_keys},
-                status="validating_files",
-                created_at=int(store.now()),
-                failures=[],
-                result_files=[],
-            )
-        )
-    return job_id
 
 
 def _events(worker: Worker, job_id: str) -> list[JobEvent]:

@@ -35,11 +35,10 @@ def _file(worker: Worker, path, owner: str = "alice") -> str:
     return fid
 
 
-def _job(worker: Worker, train: str, validation: str | None = None, **hp) -> str:
+def _job(worker: Worker, train: str, validation: str | None = None, seed: int = 0, **hp) -> str:
+    """A job as the API would store it: OpenAI's hyperparameters ("auto" unless given), the rest as extras."""
     job_id = store.new_id("ftjob")
-    extras = {
-        k: hp.pop(k) for k in list(hp) if k not in ("n_epochs", "batch_size", "learning_rate_multiplier")
-    }
+    openai_keys = ("n_epochs", "batch_size", "learning_rate_multiplier")
     with store.transaction(worker.sessions) as s:
         s.add(
             Job(
@@ -48,10 +47,10 @@ def _job(worker: Worker, train: str, validation: str | None = None, **hp) -> str
                 model="tiny",
                 training_file=train,
                 validation_file=validation,
-                seed=0,
+                seed=seed,
                 training_type="lora",
-                hyperparameters={"n_epochs": "auto", **hp},
-                extras=extras,
+                hyperparameters={k: hp.get(k, "auto") for k in openai_keys},
+                extras={k: v for k, v in hp.items() if k not in openai_keys},
                 status="validating_files",
                 created_at=int(store.now()),
                 failures=[],
