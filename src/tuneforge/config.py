@@ -258,7 +258,7 @@ class ForgettingConfig(Section):
         "general_ppl_rise in metrics.jsonl). `true` acts: a checkpoint whose general perplexity rose more than "
         "`max_general_rise` is not kept as the best, so early stopping ends a run that stays above it. `watch` "
         "only measures and warns. `auto`: `watch` for instruction-tuned bases (a chat template) with a "
-        "language-model method, else off — acting costs task gain on small models (bench/README.md).",
+        "language-model method, else off (acting's cost in task gain is not measured yet: bench/README.md).",
     )
     max_general_rise: float = Field(
         0.10, gt=0, description="The forgetting guard's limit: relative rise of general-data perplexity."

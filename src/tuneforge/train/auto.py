@@ -248,7 +248,7 @@ def _decide_guard(cfg: RunConfig, facts: RunFacts) -> dict[str, Any]:
         "value": "watch",
         "why": f"watch (instruction-tuned base): the general loss is measured at each validation and a rise past "
         f"{limit:.0%} perplexity is reported; set forgetting.guard: true to keep such checkpoints from being the "
-        "best (it costs task gain: bench/README.md)",
+        "best (its cost in task gain is not measured yet: bench/README.md)",
     }
 
 
