@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     )
     min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")
     lora_learning_rate: float = Field(
-        2e-4, gt=0, description="Learning rate of LoRA jobs at learning_rate_multiplier 1 (`auto`)."
+        2e-4,
+        gt=0,
+        description="Learning rate of adapter jobs at learning_rate_multiplier 1 (`auto` lets the run choose).",
     )
     full_learning_rate: float = Field(
         2e-5, gt=0, description="Learning rate of full fine-tuning jobs at learning_rate_multiplier 1."
