@@ -162,7 +162,7 @@ class FineTune:
             pad_id=self.lm.tokenizer.pad_token_id,
             batch_size=cfg.train.batch_size * cfg.train.grad_accum,
             device=device,
-            autocast=lambda: torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"),
+            autocast=self._autocast(precision),
             micro_budget=512 if device.type == "cpu" else None,
             seed=cfg.seed,
         )
@@ -170,13 +170,16 @@ class FineTune:
         console.print(f"[dim]Range test took {time.time() - t0:.0f} s[/]")
         return test
 
+    def _autocast(self, precision: str):
+        """The loop's autocast for work done before the loop exists (the range test, the guard's base loss)."""
+        device_type = self.lm.device.type
+        return lambda: torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16")
+
     def _guard(self, model: torch.nn.Module, precision: str):
         from tuneforge.train.forgetting import build_guard
 
         guard = build_guard(self.cfg, self.lm.tokenizer, self.lm.tokenizer.pad_token_id)
-        base = guard.measure_base(
-            model, lambda: torch.autocast(self.lm.device.type, torch.bfloat16, enabled=precision == "bf16")
-        )
+        base = guard.measure_base(model, self._autocast(precision))
         console.print(
             f"[dim]Forgetting guard: {len(guard.seqs)} general examples, base loss {base:.4f}, limit "
             f"+{guard.limit:.0%} perplexity[/]"

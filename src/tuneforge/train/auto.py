@@ -31,6 +31,7 @@ from tuneforge.data.collate import split_by_tokens
 from tuneforge.methods import registry
 from tuneforge.progress import console
 from tuneforge.rundir import RunDir
+from tuneforge.train.loop import accumulate_gradients, step_counts
 
 REFERENCE_WIDTH = 4096  # hidden size of the 7B-class models the field's reference rates were found on
 REFERENCE_BATCH = 8
@@ -65,13 +66,6 @@ def auto_epochs(n_items: int) -> tuple[float, str]:
         epochs = _trim(MAX_EXAMPLES_SEEN / n)
         why = f"{epochs:g} epochs: {n_items:,} examples are many, so at most {MAX_EXAMPLES_SEEN:,} are seen"
     return epochs, why
-
-
-def total_steps(cfg: RunConfig, n_items: int, epochs: float) -> int:
-    """The loop's step count (train/loop.py computes it the same way)."""
-    t = cfg.train
-    steps_per_epoch = max(1, math.ceil(math.ceil(n_items / t.batch_size) / t.grad_accum))
-    return t.max_steps or max(1, math.ceil(epochs * steps_per_epoch))
 
 
 # ----------------------------------------------------------------------------------------- learning rate
@@ -147,18 +141,11 @@ def range_test(
             batch = rng.sample(range(len(items)), min(batch_size, len(items)))
             micro = split_by_tokens(batch, lengths, micro_budget)
             collated = [objective.collate([items[i] for i in mb], pad_id) for mb in micro]
-            norm = sum(objective.norm(b) for b in collated)
-            total = 0.0
-            for b in collated:
-                b = {key: v.to(device) for key, v in b.items()}
-                with autocast():
-                    parts = objective.loss(model, b)
-                (parts.loss_sum / norm).backward()
-                total += float(parts.loss_sum.detach())
+            sums = accumulate_gradients(objective, model, collated, device, autocast, torch.Tensor.backward)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss = total / max(norm, 1e-9)
+            loss = sums.loss_sum / max(sums.norm, 1e-9)
             if not math.isfinite(loss):
                 break
             ema = 0.7 * ema + 0.3 * loss
@@ -231,7 +218,7 @@ def resolve(cfg: RunConfig, facts: RunFacts, stored: dict[str, Any]) -> tuple[Ru
     if f.guard == "auto":
         f.guard = take("forgetting.guard", lambda: _decide_guard(eff, facts))
     if t.learning_rate == "auto":
-        steps = total_steps(eff, facts.n_items, float(t.epochs))
+        steps = step_counts(t, facts.n_items)[2]  # the loop's own count, with the epochs just decided
         t.learning_rate = take("train.learning_rate", lambda: _decide_lr(eff, facts, steps))
     return eff, out
 

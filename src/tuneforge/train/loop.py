@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tuneforge.config import RunConfig
+from tuneforge.config import RunConfig, TrainConfig
 from tuneforge.data.collate import epoch_batches, split_by_tokens
 from tuneforge.methods import registry
 from tuneforge.progress import bar, console
@@ -83,6 +83,52 @@ class Hooks:
     artifact_extras: Callable[[Path], None] = lambda folder: None
 
 
+@dataclass
+class StepSums:
+    """What the micro-batches of one optimizer step add up to."""
+
+    loss_sum: float
+    norm: float  # the step's units (target tokens; pairs; texts)
+    correct: float
+    stats: dict[str, float]  # the objective's extra terms, per unit
+    real_tokens: int
+
+
+def accumulate_gradients(
+    obj: Objective,
+    model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    backward: Callable[[torch.Tensor], None],
+) -> StepSums:
+    """Forward and backward over one optimizer step's micro-batches, normalised by the units of the whole step:
+    accumulation = one big batch. The training step and the learning-rate range test (train/auto.py) share it."""
+    norm = sum(obj.norm(b) for b in batches)
+    loss_sum = correct = 0.0
+    stats: dict[str, float] = {}
+    real_tokens = 0
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()}
+        with autocast():
+            parts = obj.loss(model, b)
+        backward(parts.loss_sum / norm)
+        loss_sum += float(parts.loss_sum.detach())
+        correct += parts.correct
+        for k, v in parts.stats.items():
+            stats[k] = stats.get(k, 0.0) + v / max(norm, 1e-9)
+        real_tokens += int(b["attention_mask"].sum())
+    return StepSums(loss_sum, norm, correct, stats, real_tokens)
+
+
+def step_counts(t: TrainConfig, n_items: int) -> tuple[int, int, int]:
+    """(batches per epoch, optimizer steps per epoch, total steps) of `n_items` training items; `t.epochs` must
+    be a number by now (train/auto.py resolves `auto` from these counts)."""
+    batches_per_epoch = math.ceil(n_items / t.batch_size)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / t.grad_accum))
+    return batches_per_epoch, steps_per_epoch, t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+
+
 def start_run(cfg: RunConfig, run: RunDir, options: RunOptions) -> bool:
     """What every recipe does first: the CPU threads, the run folder claimed (True: earlier progress of this same
     run to resume), and the seed."""
@@ -121,9 +167,7 @@ class Loop:
         self.accelerator = new_accelerator(precision, cpu=device.type == "cpu")
         optimizer = build_optimizer(model, cfg)
         t = cfg.train
-        self.batches_per_epoch = math.ceil(len(train_items) / t.batch_size)
-        self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
-        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        self.batches_per_epoch, self.steps_per_epoch, self.total_steps = step_counts(t, len(train_items))
         # 4 validations per epoch, at most 20 per run: many epochs of a small set need no validation every step
         self.eval_every = t.eval_every or max(1, self.steps_per_epoch // 4, math.ceil(self.total_steps / 20))
         self.save_every = t.save_every or self.eval_every
@@ -258,23 +302,16 @@ class Loop:
         batches = [
             obj.collate([self.train_items[i] for i in mb], self.pad_id) for mb in self.micro_batches(step)
         ]
-        # Normalise by the units (target tokens; pairs; texts) of the whole optimizer step: accumulation = one big
-        # batch.
-        norm = sum(obj.norm(b) for b in batches)
-        loss_sum = correct = 0.0
-        stats: dict[str, float] = {}
-        real_tokens = 0
         with self.hooks.step_context():
-            for b in batches:
-                b = {k: v.to(self.accelerator.device) for k, v in b.items()}
-                with self.accelerator.autocast():
-                    parts = obj.loss(self.model, b)
-                self.accelerator.backward(parts.loss_sum / norm)
-                loss_sum += float(parts.loss_sum.detach())
-                correct += parts.correct
-                for k, v in parts.stats.items():
-                    stats[k] = stats.get(k, 0.0) + v / max(norm, 1e-9)
-                real_tokens += int(b["attention_mask"].sum())
+            sums = accumulate_gradients(
+                obj,
+                self.model,
+                batches,
+                self.accelerator.device,
+                self.accelerator.autocast,
+                self.accelerator.backward,
+            )
+        norm, stats = sums.norm, sums.stats
         penalty = self.hooks.penalty
         if penalty is not None:  # a regulariser's gradient (EWC), added layer by layer
             stats[penalty.name] = penalty.backward(self.accelerator.backward)
@@ -289,12 +326,12 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         dt = time.time() - t0
         row = {
-            "loss": loss_sum / max(norm, 1e-9),
-            obj.accuracy: correct / max(norm, 1e-9),
+            "loss": sums.loss_sum / max(norm, 1e-9),
+            obj.accuracy: sums.correct / max(norm, 1e-9),
             **stats,
             "lr": lr,
-            "tokens_per_s": real_tokens / max(dt, 1e-9),
-            "tokens": real_tokens,
+            "tokens_per_s": sums.real_tokens / max(dt, 1e-9),
+            "tokens": sums.real_tokens,
             "seconds": dt,
         }
         if grad_norm is not None:
