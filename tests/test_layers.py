@@ -21,7 +21,7 @@ FLOORS = [
     {"data"},
     {"models"},
     {"methods"},
-    {"train", "eval"},
+    {"train", "eval", "export"},
     {"recipes"},
     {"experiments", "jobs"},
     {"serve"},

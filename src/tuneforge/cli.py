@@ -262,6 +262,61 @@ def chat(
         answer(text)
 
 
+# ------------------------------------------------------------------------------------------------ export
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    to: Annotated[
+        str,
+        typer.Option("--to", help="merged (Hugging Face folder), gguf, gguf-lora (adapter + base), ollama."),
+    ] = "merged",
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write (default: RUN/export/FORMAT[-QUANT]).")
+    ] = None,
+    quant: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF type: f32, f16, bf16, q8_0; q4_k_m, q5_k_m, q6_k ... with llama.cpp's quantizer."
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Run the export and compare it with the tuned model on the test prompts.",
+        ),
+    ] = True,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Verify on this data file instead of the run's test split.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Verify on at most N prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer when verifying.")] = 64,
+    dtype: Annotated[str, typer.Option(help="merged: float32, bfloat16 or float16.")] = "float32",
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Export a tuned run to run elsewhere (transformers / vLLM, llama.cpp, Ollama) and check it answers alike."""
+    from tuneforge import api
+    from tuneforge.export.verify import print_result
+
+    con = _console()
+    result = api.export_run(
+        run,
+        to,
+        out=out,
+        quant=quant,
+        verify_export=verify,
+        prompts=prompts,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        force=force,
+        show=lambda msg: con.print(f"[dim]{msg}[/]"),
+    )
+    print_result(result, con)
+    if result["status"] == "failed":
+        raise typer.Exit(1)
+
+
 def _run_system_prompt(run_dir: Path) -> str | None:
     """A run trained with one fixed system prompt answers best when chat uses it too."""
     from tuneforge.api import saved_splits
@@ -393,7 +448,8 @@ def worker(
     database_url: DatabaseOpt = None,
     env_file: EnvFileOpt = None,
 ) -> None:
-    """Run fine-tuning jobs from the server's queue (start as many as you like, on any machine sharing the data)."""
+    """Run fine-tuning jobs and exports from the server's queue (start as many as you like, on any machine sharing
+    the data)."""
     from tuneforge.serve.server import run_worker
     from tuneforge.settings import load_settings
 

@@ -40,3 +40,7 @@ class RunDirError(TuneforgeError):
 
 class MemoryBudgetError(TuneforgeError):
     """The run would not fit in the memory this machine has free."""
+
+
+class ExportError(TuneforgeError):
+    """A model cannot be exported as asked."""

@@ -112,3 +112,31 @@ def test_compare_command_reuses_the_base_weights(run_dir, tmp_path):
     )
     report = json.loads((tmp_path / "report.json").read_text())
     assert [v["key"] for v in report["variants"]] == ["base", "tuned"] and report["n_test"] == 8
+
+
+def test_the_tuned_model_runs_in_llama_cpp_and_ollama_as_trained(run_dir, tmp_path):
+    """`tuneforge export --to ollama`: a q8_0 GGUF that llama.cpp tokenizes like the run, whose answers stop by
+    themselves, with a Modelfile carrying the template, the stop tokens and SmolLM2's default system prompt."""
+    pytest.importorskip("llama_cpp")
+    from tuneforge.export.ollama import parse_modelfile
+
+    out = tmp_path / "ollama"
+    r = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "export", str(run_dir), "--to", "ollama", "--limit", "12"]
+        + ["--out", str(out)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: the check failed, which the asserts below explain
+    result = json.loads((out / "export.json").read_text())
+    v = result["verification"]
+    assert v["prompts"] == 12 and v["tokenization_identical"] == 1.0, v["differences"]
+    assert v["answers_stopped"] == 1.0 and v["answers_equal"] >= 0.75, v["differences"]
+    assert v["task"]["exact_match_export"] >= v["task"]["exact_match_tuned"] - 20
+    mf = parse_modelfile((out / "Modelfile").read_text())
+    assert (out / mf["FROM"].removeprefix("./")).is_file()
+    assert ("stop", "<|im_end|>") in mf["PARAMETER"] and "<|im_start|>assistant" in mf["TEMPLATE"]
+    assert "SmolLM" in (mf["SYSTEM"] or "")

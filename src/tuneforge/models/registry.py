@@ -34,6 +34,7 @@ class BundledModel:
     ]  # path of the GGUF file (may assemble it), None if the package is missing
     chat: bool  # True if the model is instruction-tuned and carries its own chat template
     aliases: tuple[str, ...] = ()
+    license: str | None = None  # the upstream model's license (SPDX id or the model family's own)
 
     def version(self) -> str | None:
         """Installed version of the carrying package (None if missing); keys the conversion cache."""
@@ -87,6 +88,7 @@ BUNDLED: dict[str, BundledModel] = {
             locate=_locate_smollm2,
             chat=True,
             aliases=("smollm2", "smollm2-135m-instruct", "default"),
+            license="apache-2.0",
         ),
         BundledModel(
             alias="gemma3-270m",
@@ -98,6 +100,7 @@ BUNDLED: dict[str, BundledModel] = {
             locate=_locate_gemma3,
             chat=False,
             aliases=("gemma3", "gemma-3-270m"),
+            license="gemma",
         ),
     ]
 }
@@ -234,6 +237,33 @@ def resolve(name: str) -> ModelSource:
         f"unknown model {name!r}",
         f"use one of {', '.join(BUNDLED)}, a local folder, or a Hugging Face id like org/name",
     )
+
+
+def hub_id_for(name: str) -> str | None:
+    """The Hugging Face id of a base model, where it is known: a bundled alias's upstream model, a hub id itself, or
+    the `_name_or_path` a local folder's config.json records when it has the org/name form. Exports and adapters
+    record it, so that they load on machines without tuneforge's cache."""
+    b = bundled(name)
+    if b is not None:
+        return b.hf_id
+    folder = bundled_folder(name)
+    if folder is not None:
+        return folder.hf_id
+    p = Path(name).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        import json
+
+        recorded = str(json.loads((p / "config.json").read_text()).get("_name_or_path") or "")
+        looks_like_id = recorded.count("/") == 1 and not Path(recorded).exists() and " " not in recorded
+        return recorded if looks_like_id and not recorded.startswith((".", "/", "~")) else None
+    if not p.exists() and name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name
+    return None
+
+
+def license_of(name: str) -> str | None:
+    b = bundled(name)
+    return b.license if b is not None else None
 
 
 def offline_alternatives() -> str:

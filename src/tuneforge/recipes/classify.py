@@ -17,9 +17,10 @@ from tuneforge.data.tokenize import encode_labeled
 from tuneforge.errors import DataError
 from tuneforge.eval.classify import classification_headline, classification_report, predict_rows
 from tuneforge.methods import registry
+from tuneforge.models.adapters import record_base
 from tuneforge.models.classifier import LABELS_FILE, load_classifier
 from tuneforge.models.load import base_path_for, pick_device
-from tuneforge.models.registry import resolve
+from tuneforge.models.registry import hub_id_for, resolve
 from tuneforge.recipes.splits import prepare_splits, token_counter
 from tuneforge.rundir import RunDir
 from tuneforge.train import auto
@@ -101,6 +102,7 @@ class Classify:
     def _artifact_extras(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(folder)
         (folder / LABELS_FILE).write_text(json.dumps(self.labels))
+        record_base(folder, self.cfg.model.name, hub_id_for(self.cfg.model.name))
 
     def _predict(self, rows):
         loop = self.loop

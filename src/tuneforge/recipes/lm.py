@@ -23,8 +23,10 @@ from tuneforge.data.tokenize import TokenizeReport, label_set
 from tuneforge.errors import DataError, MemoryBudgetError
 from tuneforge.methods import registry
 from tuneforge.models import memory
+from tuneforge.models.adapters import record_base
 from tuneforge.models.load import LoadedModel, attention_for, autocast_inference, set_attention
 from tuneforge.models.memory import Estimate
+from tuneforge.models.registry import hub_id_for
 from tuneforge.ops.fused_ops import FusedOps
 from tuneforge.ops.lm_loss import weighted_lm_loss
 from tuneforge.progress import Steps, console
@@ -94,7 +96,7 @@ class FineTune:
                 after_step=self._after_step,
                 penalty=penalty,
                 guard=guard,
-                artifact_extras=self.lm.tokenizer.save_pretrained,
+                artifact_extras=self._artifact_extras,
             ),
         )
         # The eager step's RMSNorm, SwiGLU, causal attention and LoRA projections (ops/fused_ops.py).
@@ -235,6 +237,10 @@ class FineTune:
             # auto: decided after the first steps, from the time the rest of the run would take
         elif cfg.train.compile is not False:
             console.print(f"[dim]Not compiling: {why}[/]")
+
+    def _artifact_extras(self, folder: Path) -> None:
+        self.lm.tokenizer.save_pretrained(folder)
+        record_base(folder, self.cfg.model.name, hub_id_for(self.cfg.model.name))
 
     def _step_kernels(self):
         return self.compiled.active() if self.compiled else self.fused_ops.active()
