@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default_factory=default_data_dir,
-        description="Uploaded files, run folders (runs/<job id>) and the default SQLite database.",
+        description="Uploaded files, run folders (runs/<job id>), exports (exports/<export id>) and the default "
+        "SQLite database.",
     )
     database_url: str | None = Field(
         None,
@@ -130,6 +131,12 @@ class Settings(BaseSettings):
     max_length: int = Field(
         1024, ge=8, description="Longest training example in tokens (longer ones fail the job)."
     )
+    # ---- exports
+    export_verify_prompts: int = Field(
+        20,
+        ge=0,
+        description="Prompts an export is checked on (its answers against the tuned model's); 0: not checked.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -163,8 +170,12 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.files_dir, self.runs_dir):
+        for d in (self.data_dir, self.files_dir, self.runs_dir, self.exports_dir):
             d.mkdir(parents=True, exist_ok=True)
 
 

@@ -1,5 +1,6 @@
 """The metadata store: tenants' API keys, files, fine-tuning jobs with their events and checkpoints, fine-tuned
-models, and the workers that run jobs. SQLAlchemy 2; SQLite by default, PostgreSQL through DATABASE_URL.
+models and their exports, and the workers that run jobs and exports. SQLAlchemy 2; SQLite by default, PostgreSQL
+through DATABASE_URL.
 
 Blobs (uploaded files, run folders) live in the data directory; rows hold their paths. Every row that belongs to
 a tenant carries `owner`, and every query from the API filters on it.
@@ -7,7 +8,8 @@ a tenant carries `owner`, and every query from the API filters on it.
 Jobs are leased, never locked for their whole run: a worker takes a queued job with a compare-and-set on
 `lease_token` (and `SELECT ... FOR UPDATE SKIP LOCKED` where the database has it), then renews
 `lease_expires_at` with a heartbeat. A job whose lease ran out belongs to a worker that died; the next worker to
-lease it resumes it from its last checkpoint. Times are Unix seconds from the machines' clocks.
+lease it resumes it from its last checkpoint. Exports are leased the same way (`lease_job(..., table=ExportJob)`);
+one whose worker died is started again by the next. Times are Unix seconds from the machines' clocks.
 """
 
 from __future__ import annotations
@@ -155,6 +157,31 @@ class FineTunedModel(Base):
     created_at: Mapped[int] = mapped_column(Integer)
 
 
+class ExportJob(Base):
+    """A fine-tuned model written in a format other runtimes load (recipes/export.py), by a worker: queued →
+    running → succeeded (the files are in `out_dir`) or failed (`error`). `result` is what the export wrote to
+    its export.json: files, bytes and the verification's verdict."""
+
+    __tablename__ = "exports"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(255))  # the fine-tuned model's id
+    format: Mapped[str] = mapped_column(String(16))  # merged | gguf | gguf-lora | ollama
+    quant: Mapped[str | None] = mapped_column(String(16), nullable=True)  # GGUF type; None for merged
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {"message", "code"}
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    out_dir: Mapped[str] = mapped_column(Text)  # chosen by the server: DATA_DIR/exports/<id>
+    created_at: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class WorkerRow(Base):
     """A worker process and its last sign of life (for /health)."""
 
@@ -189,6 +216,7 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
+    # create_all adds the tables a database lacks (checkfirst): a database made before exports gets `exports`.
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)
 
@@ -292,53 +320,74 @@ def add_event(
 # ------------------------------------------------------------------------------------------------ leases
 @dataclass(frozen=True)
 class Lease:
-    job_id: str
+    job_id: str  # the leased row's id: a fine-tuning job's, or an export's when `table` is ExportJob
     token: str
     attempt: int
     recovered: bool  # taken over from a worker whose lease ran out
     previous_owner: str | None
+    table: type[Job] | type[ExportJob] = Job
 
 
-def _leasable(t: float):
-    free = (Job.status.in_(("validating_files", "queued"))) & Job.lease_owner.is_(None)
-    expired = Job.status.in_(ACTIVE) & Job.lease_owner.is_not(None) & (Job.lease_expires_at < t)
+# Per leased table: the statuses a worker takes up when no one holds the row, and those a worker holds it in (a
+# row held in one of them by an expired lease belongs to a dead worker).
+LEASED_STATUSES = {
+    "jobs": (("validating_files", "queued"), ACTIVE),
+    "exports": (("queued",), ("queued", "running")),
+}
+
+
+def _leasable(table: type[Job] | type[ExportJob], t: float):
+    waiting, held = LEASED_STATUSES[table.__tablename__]
+    free = table.status.in_(waiting) & table.lease_owner.is_(None)
+    expired = table.status.in_(held) & table.lease_owner.is_not(None) & (table.lease_expires_at < t)
     return or_(free, expired)
 
 
-def lease_job(factory: sessionmaker[Session], worker_id: str, lease_s: float) -> Lease | None:
-    """Take the oldest job no live worker holds, or None. Safe against any number of concurrent workers."""
+def lease_job(
+    factory: sessionmaker[Session],
+    worker_id: str,
+    lease_s: float,
+    table: type[Job] | type[ExportJob] = Job,
+) -> Lease | None:
+    """Take the oldest job (or export) no live worker holds, or None. Safe against any number of concurrent
+    workers."""
     t = now()
     with factory() as s:
-        stmt = select(Job.id, Job.lease_token, Job.lease_owner, Job.attempts).where(_leasable(t))
-        stmt = stmt.order_by(Job.pk).limit(8).with_for_update(skip_locked=True)
+        stmt = select(table.id, table.lease_token, table.lease_owner, table.attempts).where(
+            _leasable(table, t)
+        )
+        stmt = stmt.order_by(table.pk).limit(8).with_for_update(skip_locked=True)
         candidates = s.execute(stmt).all()
         for job_id, old_token, old_owner, attempts in candidates:
             token = uuid.uuid4().hex
-            cond = [Job.id == job_id, _leasable(t)]
-            cond.append(Job.lease_token == old_token if old_token is not None else Job.lease_token.is_(None))
+            cond = [table.id == job_id, _leasable(table, t)]
+            cond.append(
+                table.lease_token == old_token if old_token is not None else table.lease_token.is_(None)
+            )
             res = s.execute(
-                update(Job)
+                update(table)
                 .where(*cond)
                 .values(
                     lease_owner=worker_id,
                     lease_token=token,
                     lease_expires_at=t + lease_s,
-                    attempts=Job.attempts + 1,
+                    attempts=table.attempts + 1,
                 )
             )
             if res.rowcount == 1:
                 s.commit()
-                return Lease(job_id, token, attempts + 1, old_owner is not None, old_owner)
+                return Lease(job_id, token, attempts + 1, old_owner is not None, old_owner, table)
         s.commit()
     return None
 
 
 def renew_lease(factory: sessionmaker[Session], lease: Lease, lease_s: float) -> bool:
-    """Extend the lease; False if it was lost (another worker took the job over, or it was deleted)."""
+    """Extend the lease; False if it was lost (another worker took the row over, or it was deleted)."""
+    table = lease.table
     with factory() as s:
         res = s.execute(
-            update(Job)
-            .where(Job.id == lease.job_id, Job.lease_token == lease.token)
+            update(table)
+            .where(table.id == lease.job_id, table.lease_token == lease.token)
             .values(lease_expires_at=now() + lease_s)
         )
         s.commit()
@@ -346,10 +395,11 @@ def renew_lease(factory: sessionmaker[Session], lease: Lease, lease_s: float) ->
 
 
 def finish_lease(s: Session, lease: Lease, **values: Any) -> bool:
-    """Write the job's new state and let go of it — only if we still hold it (a CAS on the token)."""
+    """Write the row's new state and let go of it — only if we still hold it (a CAS on the token)."""
+    table = lease.table
     values = {"lease_owner": None, "lease_token": None, "lease_expires_at": None, **values}
     res = s.execute(
-        update(Job).where(Job.id == lease.job_id, Job.lease_token == lease.token).values(**values)
+        update(table).where(table.id == lease.job_id, table.lease_token == lease.token).values(**values)
     )
     return res.rowcount == 1
 

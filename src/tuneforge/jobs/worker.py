@@ -1,5 +1,6 @@
 """The worker's lease loop: `Worker` leases queued jobs from the database one at a time and hands each to
-`lifecycle.JobRun`, while `_Heartbeat` renews the job's lease every `heartbeat_s`. Start several workers
+`lifecycle.JobRun` (a fine-tuning job) or `exports.ExportRun` (an export of a fine-tuned model), while `_Heartbeat`
+renews the lease every `heartbeat_s`. Start several workers
 (`tuneforge worker`, or `tuneforge serve --workers N`) for several jobs at once; if one dies (kill -9, power loss),
 its lease runs out after `lease_s` and another worker leases the job and resumes it.
 """
@@ -15,8 +16,9 @@ import uuid
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.jobs import store
+from tuneforge.jobs.exports import ExportRun
 from tuneforge.jobs.lifecycle import JobRun
-from tuneforge.jobs.store import Lease
+from tuneforge.jobs.store import ExportJob, Job, Lease
 from tuneforge.settings import Settings
 
 log = logging.getLogger("tuneforge.worker")
@@ -31,6 +33,7 @@ class Worker:
         store.init_db(self.engine)
         self.sessions: sessionmaker[Session] = store.session_factory(self.engine)
         self._stop = threading.Event()
+        self._exports_first = False
 
     def run(self, max_jobs: int | None = None, idle_exit: bool = False) -> int:
         """Lease and run jobs until stopped (or `max_jobs` are done, or none is left with idle_exit)."""
@@ -49,22 +52,36 @@ class Worker:
         return done
 
     def stop(self) -> None:
-        """Stop after the current job; a running job stops at its next step and goes back to the queue."""
+        """Stop after the current job; a running job stops at its next step and goes back to the queue (an
+        export runs to its end)."""
         self._stop.set()
 
     def run_one(self) -> bool:
-        """Lease one job and take it to its next state; False when none was waiting."""
-        lease = store.lease_job(self.sessions, self.id, self.settings.lease_s)
-        if lease is None:
-            return False
-        self.process(lease)
-        return True
+        """Lease one job (or export) and take it to its next state; False when none was waiting.
+
+        Fine-tuning jobs and exports take turns: after a job the worker looks for an export first, after an export
+        for a job. An export takes minutes and a fine-tune up to hours, so an export should not wait behind a
+        queue of fine-tunes; taking turns (rather than exports always first) means a stream of exports cannot
+        hold the fine-tunes back either."""
+        tables = (ExportJob, Job) if self._exports_first else (Job, ExportJob)
+        for table in tables:
+            lease = store.lease_job(self.sessions, self.id, self.settings.lease_s, table=table)
+            if lease is not None:
+                self._exports_first = table is Job
+                self.process(lease)
+                return True
+        return False
 
     def process(self, lease: Lease) -> None:
         beat = _Heartbeat(self, lease)
         beat.start()
         try:
-            JobRun(self.settings, self.sessions, self.id, lease, lost=beat.lost, stopping=self._stop).run()
+            if lease.table is ExportJob:
+                ExportRun(self.settings, self.sessions, self.id, lease, lost=beat.lost).run()
+            else:
+                JobRun(
+                    self.settings, self.sessions, self.id, lease, lost=beat.lost, stopping=self._stop
+                ).run()
         finally:
             beat.stop()
             self._beat(None)
@@ -82,7 +99,8 @@ def _safe_url(url: str) -> str:
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the job's lease; if it is lost, says so (the training loop then stops at its next step)."""
+    """Renews the lease; if it is lost, says so (a training loop then stops at its next step; an export, which
+    cannot stop half-way, learns it when it ends)."""
 
     def __init__(self, worker: Worker, lease: Lease):
         super().__init__(daemon=True, name=f"heartbeat-{lease.job_id}")

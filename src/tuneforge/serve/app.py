@@ -14,14 +14,15 @@ from tuneforge.jobs import store
 from tuneforge.serve import errors
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.errors import APIError
-from tuneforge.serve.routes import chat, files, fine_tuning, health, models
+from tuneforge.serve.routes import chat, exports, files, fine_tuning, health, models
 from tuneforge.settings import Settings
 
 DESCRIPTION = """OpenAI-compatible fine-tuning and inference on your own machine.
 
 Point the official `openai` client at `http://HOST:PORT/v1` with one of the server's API keys: files, fine-tuning
 jobs (with events and checkpoints), models, chat and text completions work as on OpenAI's API. tuneforge extensions
-are marked as such in the schemas (job `training_type`, extra hyperparameters such as `lora_rank`)."""
+are marked as such in the schemas (job `training_type`, extra hyperparameters such as `lora_rank`), and exports of
+fine-tuned models (merged, GGUF, GGUF LoRA, Ollama) are tuneforge's own routes."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -40,6 +41,12 @@ def create_app(settings: Settings) -> FastAPI:
             {"name": "files", "description": "Training and validation data, and results files."},
             {"name": "fine-tuning", "description": "Fine-tuning jobs, run by worker processes."},
             {"name": "models", "description": "Base models and your fine-tuned models."},
+            {
+                "name": "exports",
+                "description": "tuneforge: fine-tuned models written for other runtimes (a merged Hugging Face "
+                "folder, GGUF for llama.cpp, a GGUF LoRA, an Ollama folder), checked against the tuned model "
+                "by a worker, then downloaded.",
+            },
             {"name": "inference", "description": "Chat and text completions, streamed or whole."},
             {"name": "health", "description": "Readiness."},
         ],
@@ -49,7 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = sessions
     app.state.engine = Engine(settings)
     errors.install(app)
-    for r in (files.router, fine_tuning.router, models.router, chat.router, health.router):
+    # exports before models: POST /v1/models/{model}/exports must not reach the models router's {model:path}
+    for r in (files.router, fine_tuning.router, exports.router, models.router, chat.router, health.router):
         app.include_router(r)
     app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
     _document_streams(app)

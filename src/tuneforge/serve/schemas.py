@@ -3,6 +3,7 @@
 Requests refuse unknown fields, as OpenAI's API does, except where tuneforge documents an extension:
 fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora`, `full`, or any method
 of `tuneforge methods`). `method.type` is `supervised` or `dpo` (preference pairs; needs an adapter method).
+Exports (`/v1/models/{model}/exports`, `/v1/exports`) are tuneforge's own objects, in the same style.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneforge.export import FORMATS
 
 Auto = Literal["auto"]
 
@@ -333,6 +336,73 @@ class ModelList(Response):
 class ModelDeleted(Response):
     id: str
     object: Literal["model"] = "model"
+    deleted: bool
+
+
+# ------------------------------------------------------------------------------------------------ exports
+ExportFormat = Literal[FORMATS]  # type: ignore[valid-type]
+
+
+class ExportCreate(Request):
+    format: ExportFormat = Field(
+        ...,
+        description="merged: a Hugging Face folder (transformers, vLLM, TGI), the adapter folded in; gguf: one "
+        ".gguf file for llama.cpp / LM Studio; gguf-lora: the adapter as a GGUF LoRA beside its base's GGUF; "
+        "ollama: a GGUF and a Modelfile (`ollama create NAME -f Modelfile`). Downloaded as the .gguf file "
+        "(gguf) or as a tar of the folder (the others).",
+    )
+    quant: str | None = Field(
+        None,
+        max_length=16,
+        description="GGUF type: f32, f16 (default for gguf and gguf-lora), bf16, q8_0 (default for ollama); "
+        "q4_k_m, q5_k_m, q6_k ... where the server has llama-cpp-python. Not for merged.",
+    )
+
+
+class ExportErrorOut(Response):
+    code: str
+    message: str
+
+
+class ExportOut(Response):
+    id: str
+    object: Literal["export"] = "export"
+    created_at: int
+    finished_at: int | None = None
+    model: str = Field(description="The fine-tuned model exported.")
+    format: ExportFormat
+    quant: str | None = Field(None, description="The GGUF type written (the format's default if none asked).")
+    status: Literal["queued", "running", "succeeded", "failed"] = Field(
+        description="succeeded: the files are written (see verification_status for the check's verdict)."
+    )
+    verification_status: Literal["passed", "failed", "unverified"] | None = Field(
+        None,
+        description="Once succeeded: whether the export, run as its users run it (transformers for merged, "
+        "llama.cpp for the GGUF formats), answered the check's prompts like the tuned model; unverified: not "
+        "checked (see verification.skipped).",
+    )
+    verification: dict[str, Any] | None = Field(
+        None,
+        description="The check: prompts, tokenization_identical, answers_equal, answers_stopped, min_match, "
+        "reasons (why it failed), differences (the first differing token of each differing answer).",
+    )
+    files: dict[str, str] = Field(
+        default_factory=dict, description="The export's files by role (model, gguf, base, lora, modelfile)."
+    )
+    bytes: int | None = Field(None, description="Size of the export's files.")
+    error: ExportErrorOut | None = None
+    attempts: int = 0
+
+
+class ExportList(Response):
+    object: Literal["list"] = "list"
+    data: list[ExportOut]
+    has_more: bool
+
+
+class ExportDeleted(Response):
+    id: str
+    object: Literal["export"] = "export"
     deleted: bool
 
 
