@@ -72,6 +72,20 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the metadata database; default sqlite:///<data_dir>/tuneforge.db. "
         "PostgreSQL: postgresql+psycopg://user:password@host/dbname.",
     )
+    # A request holds a connection only for its database work, never while it generates; the defaults still
+    # exceed the default admission limit (2 running + 16 queued), so a burst of key checks never waits on them.
+    db_pool_size: int = Field(
+        20, ge=1, description="Database connections the API server keeps open for reuse."
+    )
+    db_max_overflow: int = Field(
+        10, ge=0, description="Extra connections opened under a burst beyond db_pool_size (closed after use)."
+    )
+    db_pool_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a request waits for a free database connection; then it is answered 429 with "
+        "Retry-After.",
+    )
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="API keys and their owner (the tenant): `key=owner,key2=owner2` or a JSON object. Keys are "
@@ -84,6 +98,12 @@ class Settings(BaseSettings):
     )
     # ---- uploads
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    # A JSON body is read whole into memory and a prompt is tokenised before it can be refused as too long.
+    # 1 MiB holds the longest prompt of a 128K-token model (about 0.5 MB of English, 0.4 MB of CJK in UTF-8)
+    # with room for JSON escapes; the 8 MB prompt of issue 15 is refused before it is read.
+    max_json_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest accepted JSON request body (every route but file uploads)."
+    )
     # ---- inference
     max_concurrent_generations: int = Field(
         2, ge=1, description="Generations running at once (requests for one base model take turns)."

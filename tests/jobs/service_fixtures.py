@@ -250,3 +250,24 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, every: float
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def add_file(sessions, path: Path, owner: str = "alice") -> str:
+    """A training file registered in the store as an upload would be (the worker tests need no server)."""
+    from tuneforge.jobs import store
+    from tuneforge.jobs.store import File
+
+    fid = store.new_id("file")
+    with store.transaction(sessions) as s:
+        s.add(
+            File(
+                id=fid,
+                owner=owner,
+                filename=path.name,
+                purpose="fine-tune",
+                bytes=path.stat().st_size,
+                path=str(path),
+                created_at=int(store.now()),
+            )
+        )
+    return fid

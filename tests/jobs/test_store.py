@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from sqlalchemy import select
 
 from tuneforge.jobs import store
@@ -29,14 +28,6 @@ def _job(s, owner: str = "alice", status: str = "queued") -> Job:
     )
     s.add(job)
     return job
-
-
-@pytest.fixture
-def sessions(db_url):
-    engine = store.make_engine(db_url)
-    store.init_db(engine)
-    yield store.session_factory(engine)
-    engine.dispose()
 
 
 def test_each_job_is_leased_by_exactly_one_of_many_concurrent_workers(sessions):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.jobs.service_fixtures import service_settings
-from tests.jobs.test_worker import _file, _get, _job, _messages
+from tests.jobs.service_fixtures import add_file, service_settings
+from tests.jobs.test_worker import _get, _job, _messages
 from tuneforge.data.prepare import read_split
 from tuneforge.jobs import openai, store
 from tuneforge.jobs.lifecycle import JobRun, _EventSink
@@ -38,7 +38,7 @@ def test_a_job_without_validation_file_validates_on_held_out_records(
     tmp_path, tiny_base, db_url, capitals_jsonl
 ):
     worker = Worker(service_settings(tmp_path / "data", tiny_base, db_url))
-    job_id = _job(worker, _file(worker, capitals_jsonl), **FAST)
+    job_id = _job(worker, add_file(worker.sessions, capitals_jsonl), **FAST)
     assert worker.run(max_jobs=1) == 1
     job = _get(worker, job_id)
     assert job.status == "succeeded", job.error
@@ -88,7 +88,7 @@ def test_validation_split_zero_turns_it_off_and_a_seed_gives_the_same_split(
     tmp_path, tiny_base, db_url, capitals_jsonl
 ):
     worker = Worker(service_settings(tmp_path / "data", tiny_base, db_url))
-    train = _file(worker, capitals_jsonl)
+    train = add_file(worker.sessions, capitals_jsonl)
     one = dict(FAST, max_steps=1, eval_every=1)
     off = _job(worker, train, validation_split=0, **FAST)
     same = [_job(worker, train, seed=7, **one) for _ in range(2)]
@@ -113,11 +113,12 @@ def test_the_sink_reports_resolved_hyperparameters_once(tmp_path, tiny_base, db_
     learning_rate_multiplier become numbers (the rate over the base rate, 1e-2 here), each with its reason."""
     settings = service_settings(tmp_path / "data", tiny_base, db_url)
     worker = Worker(settings)
-    job_id = _job(worker, _file(worker, capitals_jsonl))
+    job_id = _job(worker, add_file(worker.sessions, capitals_jsonl))
     with store.transaction(worker.sessions) as s:
         row = s.scalar(select(Job).where(Job.id == job_id))
         row.status, row.resolved = "running", openai.resolve(row.hyperparameters, 64)
         row.run_dir = str(tmp_path / "run")
+        row.lease_owner, row.lease_token = "w-test", "token"  # the sink writes only for the lease's holder
     job = _get(worker, job_id)
     lease = Lease(job_id, "token", 1, False, None)
     run = JobRun(settings, worker.sessions, "w-test", lease, threading.Event(), threading.Event())

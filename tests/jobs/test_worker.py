@@ -10,29 +10,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import capitals_records, write_jsonl
-from tests.jobs.service_fixtures import service_settings, wait_for
+from tests.jobs.service_fixtures import add_file, service_settings, wait_for
 from tuneforge.jobs import store
-from tuneforge.jobs.store import File, FineTunedModel, Job, JobEvent
+from tuneforge.jobs.store import FineTunedModel, Job, JobEvent
 from tuneforge.jobs.worker import Worker
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _file(worker: Worker, path, owner: str = "alice") -> str:
-    fid = store.new_id("file")
-    with store.transaction(worker.sessions) as s:
-        s.add(
-            File(
-                id=fid,
-                owner=owner,
-                filename=path.name,
-                purpose="fine-tune",
-                bytes=path.stat().st_size,
-                path=str(path),
-                created_at=int(store.now()),
-            )
-        )
-    return fid
 
 
 def _job(worker: Worker, train: str, validation: str | None = None, seed: int = 0, **hp) -> str:
@@ -82,14 +65,14 @@ def _train_steps(worker: Worker, job_id: str) -> list[int]:
 
 def test_files_are_validated_with_openai_codes_and_line_numbers(tmp_path, tiny_base, db_url):
     worker = Worker(service_settings(tmp_path / "data", tiny_base, db_url))
-    few = _file(worker, write_jsonl(tmp_path / "few.jsonl", capitals_records(5)))
+    few = add_file(worker.sessions, write_jsonl(tmp_path / "few.jsonl", capitals_records(5)))
     rows = capitals_records(20)
     rows[2]["messages"][0]["role"] = "bot"
     rows[6]["messages"] = [{"role": "user", "content": "no answer here"}]
-    bad = _file(worker, write_jsonl(tmp_path / "bad.jsonl", rows))
+    bad = add_file(worker.sessions, write_jsonl(tmp_path / "bad.jsonl", rows))
     broken = tmp_path / "broken.jsonl"
     broken.write_text("".join(json.dumps(r) + "\n" for r in capitals_records(12)) + "{not json\n")
-    broken_id = _file(worker, broken)
+    broken_id = add_file(worker.sessions, broken)
 
     jobs = {name: _job(worker, fid) for name, fid in (("few", few), ("bad", bad), ("broken", broken_id))}
     assert worker.run(idle_exit=True) == 3
@@ -112,7 +95,7 @@ def test_pause_then_resume_ends_like_an_uninterrupted_job_and_cancel_stops(
 ):
     settings = service_settings(tmp_path / "data", tiny_base, db_url)
     worker = Worker(settings)
-    train = _file(worker, capitals_jsonl)
+    train = add_file(worker.sessions, capitals_jsonl)
     hp = dict(max_steps=40, batch_size=4, save_every=5, lora_rank=4)
     straight = _job(worker, train, **hp)
     assert worker.run(max_jobs=1) == 1
@@ -172,7 +155,7 @@ def test_a_job_that_keeps_crashing_fails_after_max_attempts_with_every_reason(
 
     monkeypatch.setattr(run, "finetune", crash)
     worker = Worker(service_settings(tmp_path / "data", tiny_base, db_url, max_attempts=3))
-    job_id = _job(worker, _file(worker, capitals_jsonl))
+    job_id = _job(worker, add_file(worker.sessions, capitals_jsonl))
     assert worker.run(idle_exit=True) == 3
     job = _get(worker, job_id)
     assert job.status == "failed" and job.error["code"] == "training_failed"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.jobs.service_fixtures import kill_group, service_settings, start_worker, wait_for
-from tests.jobs.test_worker import _file, _get, _job, _messages, _train_steps
+from tests.jobs.service_fixtures import add_file, kill_group, service_settings, start_worker, wait_for
+from tests.jobs.test_worker import _get, _job, _messages, _train_steps
 from tuneforge.jobs import store
 from tuneforge.jobs.store import FineTunedModel, JobCheckpoint
 from tuneforge.jobs.worker import Worker
@@ -22,7 +22,7 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(
     db = Worker(settings)  # used here only to reach the database
     job_id = _job(
         db,
-        _file(db, capitals_jsonl),
+        add_file(db.sessions, capitals_jsonl),
         max_steps=150,
         batch_size=4,
         save_every=5,

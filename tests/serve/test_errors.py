@@ -201,7 +201,9 @@ def test_prompt_plus_max_tokens_beyond_the_context_window_is_400(server):
 
 
 def test_health_reports_readiness_and_the_openapi_document_describes_the_api(server):
-    r = httpx.get(f"{server.root}/health")
+    r = httpx.get(f"{server.root}/health")  # liveness: no key, nothing told
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = httpx.get(f"{server.root}/health/ready", headers={"Authorization": f"Bearer {ALICE}"})
     body = r.json()
     assert r.status_code == 200 and body["status"] == "ok" and body["database"] == "ok"
     assert {"workers", "queued_jobs", "running_jobs", "models_loaded", "generations_waiting"} <= set(body)
@@ -223,6 +225,7 @@ def test_health_reports_readiness_and_the_openapi_document_describes_the_api(ser
         ("/v1/chat/completions", "post"),
         ("/v1/completions", "post"),
         ("/health", "get"),
+        ("/health/ready", "get"),
     ]:
         assert method in paths[path], (path, method)
     schemas = doc["components"]["schemas"]
@@ -288,7 +291,8 @@ def test_beyond_the_generation_queue_requests_get_429_with_retry_after(tmp_path,
             assert _error(r)["code"] == "server_overloaded"
             with pytest.raises(openai.RateLimitError):
                 c.completions.create(max_tokens=2, **ask)
-            assert json.loads(httpx.get(f"{srv.root}/health").text)["generations_running"] == 1
+            ready = httpx.get(f"{srv.root}/health/ready", headers={"Authorization": f"Bearer {ALICE}"})
+            assert json.loads(ready.text)["generations_running"] == 1
         # the client went away: its generation stops and the slot is free again
         ok = wait_for(lambda: _try(c, ask), 30, "the slot to be freed")
         assert ok.usage.completion_tokens <= 2

@@ -131,7 +131,7 @@ def test_upload_train_watch_and_chat_with_the_official_client(tmp_path, tiny_bas
         # the base model answers from the same weights with the adapter off, and differently
         base = c.chat.completions.create(model="tiny", messages=ask, temperature=0, max_tokens=8)
         assert base.choices[0].message.content != text
-        health = httpx.get(f"{srv.root}/health").json()
+        health = httpx.get(f"{srv.root}/health/ready", headers={"Authorization": f"Bearer {ALICE}"}).json()
         assert health["models_loaded"] == {"base:tiny": [done.fine_tuned_model]}
         assert srv.app.state.engine.loads["base:tiny"] == 1  # one base copy served both
 

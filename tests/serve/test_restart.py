@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.jobs.service_fixtures import (
+    ALICE,
     KEYS,
     client,
     free_port,
@@ -125,7 +126,8 @@ def test_a_server_restart_mid_job_loses_no_file_job_or_event(tmp_path, tiny_base
             messages=[{"role": "user", "content": "Capital of Peru?"}],
         )
         assert reply.usage.completion_tokens >= 1
-        assert httpx.get(f"{second.root}/health").json()["workers"] >= 1
+        ready = httpx.get(f"{second.root}/health/ready", headers={"Authorization": f"Bearer {ALICE}"})
+        assert ready.json()["workers"] >= 1
     finally:
         second.proc.terminate()
         second.proc.wait(60)

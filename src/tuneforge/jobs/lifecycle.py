@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.config import RunConfig
@@ -40,10 +40,14 @@ class JobRun:
 
     A job whose previous worker stopped renewing its lease resumes from its last complete checkpoint
     (`finetune(cfg, resume=True)`), which ends exactly where an uninterrupted run ends. A job that crashed or
-    lost its worker `max_attempts` times fails with every reason recorded. Pause and cancel are flags in the job
-    row, read by the training loop's `should_stop` hook; the loop then writes a checkpoint and returns, and the
-    new status is recorded here. `lost` is set by the worker's heartbeat when the lease is gone, `stopping` when
-    the worker shuts down (the job then goes back to the queue).
+    lost its worker `max_attempts` times fails with every reason recorded. Pause and cancel of a running job are
+    requests in the job row's `control`, read by the training loop's `should_stop` hook; the loop then writes a
+    checkpoint and returns, and the new status is recorded here. Every status this class writes goes through
+    `store.advance_run` (a step forward, only while no control is pending) or `store.finish_run` (the run's end,
+    which a pending cancel always turns into cancelled): compare-and-set UPDATEs on the lease token and the
+    control, so that a request answered 200 is never written over (the table is in store.py, "job control").
+    `lost` is set by the worker's heartbeat when the lease is gone, `stopping` when the worker shuts down (the job
+    then goes back to the queue).
     """
 
     def __init__(
@@ -64,7 +68,10 @@ class JobRun:
             self._run()
         except LostLease:
             log.warning(
-                "job %s was taken over by another worker; %s lets go of it", self.lease.job_id, self.worker_id
+                "job %s is no longer %s's (taken over by another worker, or paused or cancelled while it waited); "
+                "it lets go of it",
+                self.lease.job_id,
+                self.worker_id,
             )
         except JobError as e:
             self._fail(e.as_dict())
@@ -81,10 +88,13 @@ class JobRun:
         if job is None:
             return
         resolved = self._validate(job) if job.resolved is None else job.resolved
+        if resolved is None:
+            return
         cfg = self._run_config(job, resolved)
         run_dir = Path(job.run_dir)
         resume = RunDir(run_dir).config.is_file()
-        self._mark_running(resume)
+        if not self._mark_running(resume):
+            return
         summary = self._train(cfg, resume)
         if self.lost.is_set():
             raise LostLease()
@@ -100,15 +110,18 @@ class JobRun:
         """The previous worker died holding the job: that counts as a failed attempt."""
         lease = self.lease
         with store.transaction(self.sessions) as db:
+            self._hold(db)
             job = db.get_one(Job, _pk(db, lease.job_id))
             reason = f"worker {lease.previous_owner} stopped renewing its lease (attempt {lease.attempt - 1})"
             job.failures = [*job.failures, reason]
             store.add_event(db, job.id, f"{reason}; resuming from the last checkpoint", level="warn")
 
     def _take_up(self) -> _JobView | None:
-        """The job as it stands, or None if it was cancelled or paused while it waited (it is then ended)."""
+        """The job as it stands, or None if a pause or cancel is pending (left by a worker that died while it ran
+        the job; the run is then ended as the control says)."""
         s = self.settings
         with store.transaction(self.sessions) as db:
+            self._hold(db)
             job = db.get_one(Job, _pk(db, self.lease.job_id))
             if len(job.failures) >= s.max_attempts:
                 reasons = "; ".join(job.failures[-s.max_attempts :])
@@ -116,18 +129,16 @@ class JobRun:
                     "max_attempts_exceeded",
                     f"the job failed {len(job.failures)} times and was given up: {reasons}",
                 )
-            if job.control == "cancel":
-                self._finish(db, job, "cancelled", "Job cancelled")
-                return None
-            if job.control == "pause":
-                self._finish(db, job, "paused", "Job paused")
+            if job.control is not None:
+                self._end(db, "queued")
                 return None
             if job.run_dir is None:
                 job.run_dir = str(s.runs_dir / job.id)
             return _JobView.of(job)
 
-    def _validate(self, job: _JobView) -> dict[str, Any]:
-        """validating_files → queued: OpenAI's checks on the files, then the "auto" hyperparameters resolved."""
+    def _validate(self, job: _JobView) -> dict[str, Any] | None:
+        """validating_files → queued: OpenAI's checks on the files, then the "auto" hyperparameters resolved.
+        None if a control came meanwhile (the run is then ended as it says)."""
         self._event(f"Validating training file: {job.training_file}")
         train_path, val_path = self._file_paths(job)
         labels = self._file_labels(job)
@@ -141,23 +152,22 @@ class JobRun:
             n_val = len(checked_val.examples)
         resolved = openai.resolve(job.hyperparameters, len(checked.examples))
         with store.transaction(self.sessions) as db:
-            self._check_lease(db)
-            row = db.get_one(Job, _pk(db, self.lease.job_id))
-            row.resolved = resolved
-            row.status = "queued"
+            # queued already if it was paused before its files were checked, and then resumed
+            if not self._advance(db, "queued", ("validating_files", "queued"), resolved=resolved):
+                return None
             counts = f"{len(checked.examples)} training examples" + (
                 f", {n_val} validation examples" if n_val is not None else ""
             )
             store.add_event(
-                db, row.id, f"Files validated ({counts}, format {checked.format}), moving job to queued state"
+                db, job.id, f"Files validated ({counts}, format {checked.format}), moving job to queued state"
             )
             if note := _split_note(job, val_path is not None):
-                store.add_event(db, row.id, note[0], level=note[1])
+                store.add_event(db, job.id, note[0], level=note[1])
             if checked.warnings:
                 first = checked.warnings[0]
                 store.add_event(
                     db,
-                    row.id,
+                    job.id,
                     f"{len(checked.warnings)} warning(s) in the training file, e.g. {first.code}: {first.message}",
                     level="warn",
                 )
@@ -224,14 +234,16 @@ class JobRun:
         return source
 
     # ------------------------------------------------------------------------------------------------ training
-    def _mark_running(self, resume: bool) -> None:
+    def _mark_running(self, resume: bool) -> bool:
+        """queued → running (running already for a job taken over from a dead worker); False if a control came
+        first (the run is then ended as it says)."""
         with store.transaction(self.sessions) as db:
-            job = db.get_one(Job, _pk(db, self.lease.job_id))
-            self._check_lease(db)
-            job.status = "running"
-            job.started_at = job.started_at or int(store.now())
+            started = func.coalesce(Job.started_at, int(store.now()))
+            if not self._advance(db, "running", ("queued", "running"), started_at=started):
+                return False
             msg = "Fine-tuning job started" if not resume else "Fine-tuning job resumed"
-            store.add_event(db, job.id, f"{msg} (attempt {self.lease.attempt}, {self.worker_id})")
+            store.add_event(db, self.lease.job_id, f"{msg} (attempt {self.lease.attempt}, {self.worker_id})")
+        return True
 
     def _train(self, cfg: RunConfig, resume: bool) -> dict[str, Any]:
         # Imported here: the recipes (and torch behind them) load when a job first trains, not whenever a worker
@@ -252,21 +264,30 @@ class JobRun:
 
     # ---------------------------------------------------------------------------------------------- end states
     def _stopped(self, db: Session, job: Job) -> None:
-        """The loop stopped on request: the job's control flag, or this worker shutting down, says why."""
-        control = job.control
-        if control == "cancel":
-            self._finish(db, job, "cancelled", "Job cancelled")
-        elif control == "pause":
-            self._finish(db, job, "paused", f"Job paused at step {job.step}")
-        else:  # this worker is shutting down: another one continues from the checkpoint just written
-            self._finish(
-                db, job, "queued", f"Worker {self.worker_id} stopped; job re-queued at step {job.step}"
-            )
+        """The loop stopped on request: the job's control says why (paused, cancelled), or else this worker is
+        shutting down (or the pause was withdrawn) and the job goes back to the queue, where a worker continues
+        from the checkpoint just written."""
+        if self._end(db, "queued") is None:
+            raise LostLease()
 
     def _succeeded(self, db: Session, job: Job, run_dir: Path, train: dict[str, Any]) -> None:
+        """The run finished: the job succeeded with its fine-tuned model — unless a cancel came first, which wins
+        (then no model and no results file)."""
         # The results CSV first: OpenAI's clients read result_files[0]; the held-out split, if any, follows.
-        result_files = [self._results_file(db, job, run_dir), *(job.result_files or [])]
+        results_id = store.new_id("file")
         model_id = openai.fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
+        values = dict(
+            fine_tuned_model=model_id,
+            result_files=[results_id, *(job.result_files or [])],
+            trained_tokens=int(train.get("tokens_seen") or 0),
+            step=int(train.get("steps") or job.step),
+        )
+        final = self._end(db, "succeeded", values=values)
+        if final is None:
+            raise LostLease()
+        if final != "succeeded":
+            return
+        self._results_file(db, job, run_dir, results_id)
         if db.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id)) is None:
             db.add(
                 FineTunedModel(
@@ -281,30 +302,18 @@ class JobRun:
             )
         store.add_event(db, job.id, f"New fine-tuned model created: {model_id}")
         store.add_event(db, job.id, "The job has successfully completed")
-        ok = store.finish_lease(
-            db,
-            self.lease,
-            status="succeeded",
-            fine_tuned_model=model_id,
-            result_files=result_files,
-            trained_tokens=int(train.get("tokens_seen") or 0),
-            step=int(train.get("steps") or job.step),
-            finished_at=int(store.now()),
-            estimated_finish=None,
-            control=None,
-        )
-        if not ok:
-            raise LostLease()
 
-    def _results_file(self, db: Session, job: Job, run_dir: Path) -> str:
+    def _results_file(self, db: Session, job: Job, run_dir: Path, file_id: str) -> str:
         """The run's metrics.jsonl as OpenAI's results CSV, stored as a file with purpose fine-tune-results."""
         return self.result_file(
-            db, job.owner, "step_metrics.csv", openai.results_csv(RunDir(run_dir).read_metrics())
+            db, job.owner, "step_metrics.csv", openai.results_csv(RunDir(run_dir).read_metrics()), file_id
         )
 
-    def result_file(self, db: Session, owner: str, filename: str, data: bytes) -> str:
+    def result_file(
+        self, db: Session, owner: str, filename: str, data: bytes, file_id: str | None = None
+    ) -> str:
         """`data` stored as a file of the job's owner with purpose fine-tune-results; its id."""
-        file_id = store.new_id("file")
+        file_id = file_id or store.new_id("file")
         path = self.settings.files_dir / file_id
         path.write_bytes(data)
         db.add(
@@ -320,20 +329,43 @@ class JobRun:
         )
         return file_id
 
-    def _finish(self, db: Session, job: Job, status: str, message: str) -> None:
-        values: dict[str, Any] = {"status": status, "control": None}
-        if status in store.TERMINAL:
-            values["finished_at"] = int(store.now())
-        store.add_event(db, job.id, message)
-        if not store.finish_lease(db, self.lease, **values):
+    def _advance(self, db: Session, status: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
+        """A step forward (store.advance_run); False if a pending control ended the run instead."""
+        why = store.advance_run(db, self.lease, status, from_statuses, **values)
+        if why == "lost":
             raise LostLease()
+        if why is not None:
+            self._end(db, "queued")
+            return False
+        return True
+
+    def _end(
+        self,
+        db: Session,
+        outcome: str,
+        message: str | None = None,
+        values: dict[str, Any] | None = None,
+        always: dict[str, Any] | None = None,
+        **event: Any,
+    ) -> str | None:
+        """End the run as `outcome` or as the pending control turns it (store.finish_run), with the event of the
+        state it ended in: `message` if it is `outcome`'s. The status written; None if the lease is gone (nothing
+        written)."""
+        final = store.finish_run(db, self.lease, outcome, values, always)
+        if final is None:
+            return None
+        if final == outcome and message is not None:
+            store.add_event(db, self.lease.job_id, message, **event)
+        elif (text := _END_EVENTS.get(final)) is not None:
+            step = db.scalar(select(Job.step).where(Job.id == self.lease.job_id))
+            store.add_event(db, self.lease.job_id, text.format(step=step, worker=self.worker_id))
+        return final
 
     def _fail(self, error: dict[str, Any]) -> None:
         with store.transaction(self.sessions) as db:
-            store.add_event(db, self.lease.job_id, f"Job failed: {error['message']}", level="error")
-            store.finish_lease(
-                db, self.lease, status="failed", error=error, finished_at=int(store.now()), control=None
-            )
+            message = f"Job failed: {error['message']}"
+            if self._end(db, "failed", message, values={"error": error}, level="error") is None:
+                log.warning("job %s failed after %s lost its lease", self.lease.job_id, self.worker_id)
 
     def _crashed(self, reason: str, trace: str) -> None:
         """Back to the queue for another attempt, or failed once `max_attempts` attempts have failed."""
@@ -347,35 +379,41 @@ class JobRun:
                     "message": f"the job failed {len(job_failures)} times: " + "; ".join(job_failures),
                     "param": None,
                 }
-                store.add_event(db, job.id, f"Job failed: {reason}", level="error", data={"traceback": trace})
-                store.finish_lease(
-                    db,
-                    lease,
-                    status="failed",
-                    error=error,
-                    failures=job_failures,
-                    finished_at=int(store.now()),
-                    control=None,
-                )
+                outcome, message, values = "failed", f"Job failed: {reason}", {"error": error}
+                level = "error"
             else:
-                store.add_event(
-                    db,
-                    job.id,
-                    f"Attempt {lease.attempt} failed ({reason}); the job goes back to the queue",
-                    level="warn",
-                    data={"traceback": trace},
-                )
-                store.finish_lease(db, lease, status="queued", failures=job_failures)
+                outcome, values, level = "queued", None, "warn"
+                message = f"Attempt {lease.attempt} failed ({reason}); the job goes back to the queue"
+            final = self._end(
+                db,
+                outcome,
+                message,
+                values=values,
+                always={"failures": job_failures},
+                level=level,
+                data={"traceback": trace},
+            )
+            if final is None:
+                log.warning("job %s crashed after %s lost its lease", lease.job_id, self.worker_id)
 
     # ------------------------------------------------------------------------------------------------- helpers
     def _event(self, message: str, **kw: Any) -> None:
         with store.transaction(self.sessions) as db:
+            self._hold(db)
             store.add_event(db, self.lease.job_id, message, **kw)
 
-    def _check_lease(self, db: Session) -> None:
-        token = db.scalar(select(Job.lease_token).where(Job.id == self.lease.job_id))
-        if token != self.lease.token:
+    def _hold(self, db: Session) -> None:
+        """Go on only while the job is this worker's; it stays so until `db` commits (store.holds)."""
+        if not store.holds(db, self.lease):
             raise LostLease()
+
+
+# The event of a run's end where it is not the outcome the worker wrote (store.RUN_ENDS): a pending control's.
+_END_EVENTS = {
+    "cancelled": "Job cancelled",
+    "paused": "Job paused at step {step}",
+    "queued": "Worker {worker} stopped; job re-queued at step {step}",
+}
 
 
 def _pk(db: Session, job_id: str) -> int:
@@ -466,6 +504,8 @@ class _EventSink:
         if kind == "message":
             total = payload.get("total_steps")
             with store.transaction(self.job.sessions) as db:
+                if not self._holds(db):
+                    return
                 job = db.get_one(Job, _pk(db, self.lease.job_id))
                 if total is not None:
                     self.total_steps = total
@@ -517,6 +557,8 @@ class _EventSink:
         how = "seeded" + (f", stratified by {strata}" if strata != "none" else "")
         data = openai.held_out_records(Path(self.cfg.data.train), held)
         with store.transaction(self.job.sessions) as db:
+            if not self._holds(db):
+                return
             job = db.get_one(Job, _pk(db, self.lease.job_id))
             file_id = self.job.result_file(db, job.owner, openai.HELD_OUT_FILENAME, data)
             job.result_files = [*(job.result_files or []), file_id]
@@ -552,6 +594,8 @@ class _EventSink:
             self.start_step = step - 1
             self.t0 = time.time()
         with store.transaction(self.job.sessions) as db:
+            if not self._holds(db):
+                return
             job = db.get_one(Job, _pk(db, self.lease.job_id))
             job.step = max(job.step or 0, step)
             if self.total_steps and step > self.start_step:
@@ -565,6 +609,8 @@ class _EventSink:
         step = int(payload["step"])
         metrics = openai.checkpoint_metrics(step, self._last_train, self._last_val)
         with store.transaction(self.job.sessions) as db:
+            if not self._holds(db):
+                return
             row = db.scalar(
                 select(JobCheckpoint).where(
                     JobCheckpoint.job_id == self.lease.job_id, JobCheckpoint.step_number == step
@@ -584,6 +630,14 @@ class _EventSink:
                 store.add_event(db, self.lease.job_id, f"Checkpoint created at step {step}")
             else:
                 row.path, row.metrics = str(payload["path"]), metrics
+
+    def _holds(self, db: Session) -> bool:
+        """Whether the job is still this worker's (and stays so until `db` commits); if not, the loop is told to
+        stop and nothing is written: a request took the job (cancelled or paused it at once), or another worker."""
+        if store.holds(db, self.lease):
+            return True
+        self.job.lost.set()
+        return False
 
     def should_stop(self) -> bool:
         """Polled every step: the lease is lost, the worker stops, or the job's control flag asks for a stop.

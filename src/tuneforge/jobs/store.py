@@ -195,10 +195,45 @@ class WorkerRow(Base):
 
 
 # ------------------------------------------------------------------------------------------------ engine
-def make_engine(url: str) -> Engine:
-    """An engine for SQLite (WAL, busy timeout: the server and the workers write concurrently) or PostgreSQL."""
+def engine_for(settings: Any) -> Engine:
+    """The database engine of a server or worker, its pool sized by the settings (TUNEFORGE_DB_POOL_SIZE ...)."""
+    return make_engine(
+        settings.db_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+    )
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pool_timeout: float | None = None,
+) -> Engine:
+    """An engine for SQLite (WAL, busy timeout: the server and the workers write concurrently) or PostgreSQL.
+
+    Its pool keeps `pool_size` connections and opens up to `max_overflow` more under a burst; a caller that finds
+    none free within `pool_timeout` s gets sqlalchemy.exc.TimeoutError (the API answers it 429 + Retry-After).
+    Unset, they take the settings' defaults (TUNEFORGE_DB_POOL_SIZE, _DB_MAX_OVERFLOW, _DB_POOL_TIMEOUT_S)."""
+    # Imported here, not at the top: only this function needs them.
+    from sqlalchemy.engine import make_url
+
+    from tuneforge.settings import Settings
+
+    fields = Settings.model_fields
+    pool: dict[str, Any] = {
+        "pool_size": fields["db_pool_size"].default if pool_size is None else pool_size,
+        "max_overflow": fields["db_max_overflow"].default if max_overflow is None else max_overflow,
+        "pool_timeout": fields["db_pool_timeout_s"].default if pool_timeout is None else pool_timeout,
+    }
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # An in-memory database lives in one connection (SQLAlchemy gives it a pool of its own, not sizeable);
+        # a file database gets a queue pool like PostgreSQL.
+        if make_url(url).database in (None, "", ":memory:"):
+            pool = {}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _record) -> None:  # pragma: no cover - trivial
@@ -212,7 +247,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def init_db(engine: Engine) -> None:
@@ -402,6 +437,229 @@ def finish_lease(s: Session, lease: Lease, **values: Any) -> bool:
         update(table).where(table.id == lease.job_id, table.lease_token == lease.token).values(**values)
     )
     return res.rowcount == 1
+
+
+# ------------------------------------------------------------------------------------------- job control
+# Cancel, pause and resume are compare-and-set UPDATEs on the job row: each names the state it was decided on
+# (status, pending control, lease token, whether the lease is live) in its WHERE, and counts for nothing unless
+# it changed exactly that row. Two requests decided on the same state cannot both win; the loser reads the row
+# again and is decided anew. On PostgreSQL the row is read FOR NO KEY UPDATE, so the second try finds it
+# settled; on SQLite (which ignores FOR UPDATE) the first UPDATE, matched or not, takes the database's write lock
+# until commit, so the second read is the last word too. The worker's side (lifecycle.JobRun) writes through
+# `holds`, `advance_run` and `finish_run`, which check its lease token and the pending control the same way.
+# The tables: `control_job` (requests), `finish_run` (the worker's ends).
+CONTROLS = ("cancel", "pause", "resume")
+# the request's event when it changes the job at once, and when it leaves a request for the worker
+_CONTROL_EVENTS = {
+    ("cancel", "cancelled"): "Job cancelled",
+    ("cancel", "running"): "Cancel requested",
+    ("pause", "paused"): "Job paused",
+    ("pause", "running"): "Pause requested",
+    ("resume", "queued"): "Job resumed",
+    ("resume", "running"): "Pause request withdrawn",
+}
+# the run's end (rows) by the control pending when the worker writes it (columns): finish_run's table
+RUN_ENDS = {
+    "succeeded": {None: "succeeded", "pause": "succeeded", "cancel": "cancelled"},
+    "failed": {None: "failed", "pause": "failed", "cancel": "cancelled"},
+    "queued": {None: "queued", "pause": "paused", "cancel": "cancelled"},
+}
+_NO_LEASE = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
+
+
+@dataclass(frozen=True)
+class ControlAnswer:
+    """What a cancel / pause / resume request did. `refused`: why it was refused (the job is unchanged; the API
+    answers 400); otherwise `event` is the event it wrote, None where the same request was already pending."""
+
+    status: str
+    control: str | None
+    event: str | None = None
+    refused: str | None = None
+
+
+def control_transition(
+    action: str, status: str, control: str | None, live: bool
+) -> tuple[str, str | None] | str:
+    """(status, control) after `action` on a job in `status` with `control` pending and a live lease or not; or,
+    as a string, why the request is refused. The table above, row by row."""
+    if status in TERMINAL:
+        return "it was already cancelled" if status == "cancelled" else f"it has already {status}"
+    if action == "cancel":
+        if status == "running" and live:
+            return "running", "cancel"
+        return "cancelled", None
+    if action == "pause":
+        if status in ("validating_files", "queued"):
+            return "paused", None
+        if status == "paused":
+            return "it is already paused"
+        if control == "cancel":
+            return "it is being cancelled"
+        return "running", "pause"
+    if status == "paused":
+        return "queued", None
+    if status == "running" and control == "pause":
+        return "running", None
+    if control == "cancel":
+        return "it is being cancelled"
+    return f"it is {status}; only a paused job (or one with a pause pending) can be resumed"
+
+
+def control_job(s: Session, job_id: str, action: str) -> ControlAnswer:
+    """Apply a cancel / pause / resume request to the job, with its event, in `s`'s transaction (the caller
+    commits; on a refusal nothing was written). The caller has checked that the job is the tenant's.
+
+    What each request does ("live": a lease whose worker still renews it; "let go": the worker that held the
+    validating or queued job loses its lease, and stops at its next write):
+
+    request  job now: status, pending control     job after: status, control        HTTP  event
+    -------  -----------------------------------  --------------------------------  ----  -----------------------
+    cancel   validating_files|queued|paused, any  cancelled, none (let go)          200   Job cancelled
+    cancel   running, no live lease (worker died) cancelled, none (let go)          200   Job cancelled
+    cancel   running, live, none|pause            running, cancel: the worker ends  200   Cancel requested
+                                                  it cancelled at its next step
+    cancel   running, live, cancel                unchanged                         200   —
+    pause    validating_files|queued, any         paused, none (let go)             200   Job paused
+    pause    running, none                        running, pause: the worker        200   Pause requested
+                                                  pauses it at its next step
+    pause    running, pause                       unchanged                         200   —
+    pause    running, cancel                      unchanged                         400   —
+    pause    paused                               unchanged                         400   —
+    resume   paused                               queued, none                      200   Job resumed
+    resume   running, pause                       running, none                     200   Pause request withdrawn
+    resume   validating_files|queued|running,     unchanged                         400   —
+             no pause pending
+    any      succeeded|failed|cancelled           unchanged                         400   —
+
+    200 answers the job as the request left it (OpenAI's job object), 400 is `invalid_job_state` in OpenAI's
+    error shape. With the worker's side (`finish_run`): a cancel answered 200 ends cancelled, at once or at the
+    worker's next step; nothing leaves succeeded, failed or cancelled (no request moves them, no worker holds
+    them); pause and resume never undo a cancel; a paused job goes back to queued once per resume."""
+    if action not in CONTROLS:
+        raise ValueError(f"unknown job control {action!r}")
+    for _ in range(5):
+        t = now()
+        row = s.execute(
+            select(Job.status, Job.control, Job.lease_owner, Job.lease_token, Job.lease_expires_at)
+            .where(Job.id == job_id)
+            .with_for_update(key_share=True)
+        ).one()
+        live = row.lease_owner is not None and (row.lease_expires_at or 0.0) >= t
+        to = control_transition(action, row.status, row.control, live)
+        if isinstance(to, str):
+            return ControlAnswer(row.status, row.control, refused=to)
+        status, control = to
+        if (status, control) == (row.status, row.control):
+            return ControlAnswer(status, control)  # the same request is pending already
+        values: dict[str, Any] = {"status": status, "control": control}
+        if status in ("paused", "cancelled"):  # decided here, not by a worker: whoever held it lets go
+            values.update(_NO_LEASE, estimated_finish=None)
+        if status == "cancelled":
+            values["finished_at"] = int(t)
+        held = Job.lease_owner.is_not(None) & (Job.lease_expires_at >= t)
+        same = [
+            Job.id == job_id,
+            Job.status == row.status,
+            Job.control.is_not_distinct_from(row.control),
+            Job.lease_token.is_not_distinct_from(row.lease_token),
+            held if live else ~held,
+        ]
+        if s.execute(update(Job).where(*same).values(**values)).rowcount == 1:
+            event = _CONTROL_EVENTS[action, status]
+            add_event(s, job_id, event)
+            return ControlAnswer(status, control, event)
+    raise RuntimeError(f"job {job_id} kept changing under a {action} request")
+
+
+def holds(s: Session, lease: Lease) -> bool:
+    """Whether the worker still holds the job, with its row locked until `s` commits (a no-op UPDATE on the
+    token): what the worker writes in this transaction cannot land after a request took the job from it."""
+    res = s.execute(
+        update(Job)
+        .where(Job.id == lease.job_id, Job.lease_token == lease.token)
+        .values(lease_token=Job.lease_token)
+    )
+    return res.rowcount == 1
+
+
+def advance_run(
+    s: Session, lease: Lease, status: str, from_statuses: tuple[str, ...], **values: Any
+) -> str | None:
+    """The worker's step forward (validating_files → queued, queued → running), made only while it holds the
+    lease and no control is pending. None once made; otherwise why not: "lost" (the job is no longer this
+    lease's: another worker or a request took it) or the pending control, which the caller ends the run with."""
+    for _ in range(5):
+        res = s.execute(
+            update(Job)
+            .where(
+                Job.id == lease.job_id,
+                Job.lease_token == lease.token,
+                Job.status.in_(from_statuses),
+                Job.control.is_(None),
+            )
+            .values(status=status, **values)
+        )
+        if res.rowcount == 1:
+            return None
+        row = s.execute(
+            select(Job.status, Job.control, Job.lease_token)
+            .where(Job.id == lease.job_id)
+            .with_for_update(key_share=True)
+        ).one_or_none()
+        if row is None or row.lease_token != lease.token:
+            return "lost"
+        if row.control is not None:
+            return row.control
+        if row.status not in from_statuses:  # still ours, yet not where the worker thought: a bug, not a race
+            raise RuntimeError(f"job {lease.job_id} is {row.status}, not {' or '.join(from_statuses)}")
+    raise RuntimeError(f"job {lease.job_id} kept changing under its worker")
+
+
+def finish_run(
+    s: Session,
+    lease: Lease,
+    outcome: str,
+    values: dict[str, Any] | None = None,
+    always: dict[str, Any] | None = None,
+) -> str | None:
+    """End the worker's run of a job as `outcome` ("succeeded", "failed" or "queued"), or as the pending control
+    turns it, and let go of the lease; the status written, or None if the lease is no longer this worker's
+    (nothing written). `values` are written only if the job ends as `outcome`, `always` in any case.
+
+    the run ends as                                  control none  control pause  control cancel
+    -----------------------------------------------  ------------  -------------  --------------
+    succeeded                                        succeeded     succeeded      cancelled
+    failed                                           failed        failed         cancelled
+    queued (a crash to retry, the worker stopping,   queued        paused         cancelled
+            the loop stopped on request)
+
+    A pending cancel always wins (also over a run that finished before its loop saw the request); a pending
+    pause wins over going back to the queue, not over the end."""
+    for _ in range(5):
+        row = s.execute(
+            select(Job.control, Job.lease_token).where(Job.id == lease.job_id).with_for_update(key_share=True)
+        ).one_or_none()
+        if row is None or row.lease_token is None or row.lease_token != lease.token:
+            return None
+        status = RUN_ENDS[outcome][row.control]
+        new = dict(values or {}) if status == outcome else {}
+        new.update(always or {})
+        new.update(_NO_LEASE, status=status, control=None, estimated_finish=None)
+        if status in TERMINAL:
+            new.setdefault("finished_at", int(now()))
+        res = s.execute(
+            update(Job)
+            .where(
+                Job.id == lease.job_id,
+                Job.lease_token == lease.token,
+                Job.control.is_not_distinct_from(row.control),
+            )
+            .values(**new)
+        )
+        if res.rowcount == 1:
+            return status
+    raise RuntimeError(f"job {lease.job_id} kept changing under its worker")
 
 
 def heartbeat_worker(s: Session, worker_id: str, host: str, pid: int, job_id: str | None) -> None:

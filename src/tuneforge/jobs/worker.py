@@ -29,7 +29,7 @@ class Worker:
         self.settings = settings
         self.id = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         settings.ensure_dirs()
-        self.engine = store.make_engine(settings.db_url)
+        self.engine = store.engine_for(settings)
         store.init_db(self.engine)
         self.sessions: sessionmaker[Session] = store.session_factory(self.engine)
         self._stop = threading.Event()

@@ -7,13 +7,12 @@ tuneforge serve                                         # the same, plus worker 
 from __future__ import annotations
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tuneforge import __version__
 from tuneforge.jobs import store
 from tuneforge.serve import errors
 from tuneforge.serve.engine import Engine
-from tuneforge.serve.errors import APIError
+from tuneforge.serve.limits import BodyLimits
 from tuneforge.serve.routes import chat, exports, files, fine_tuning, health, models
 from tuneforge.settings import Settings
 
@@ -27,7 +26,7 @@ fine-tuned models (merged, GGUF, GGUF LoRA, Ollama) are tuneforge's own routes."
 
 def create_app(settings: Settings) -> FastAPI:
     settings.ensure_dirs()
-    db = store.make_engine(settings.db_url)
+    db = store.engine_for(settings)
     store.init_db(db)
     sessions = store.session_factory(db)
     with store.transaction(sessions) as s:
@@ -48,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "by a worker, then downloaded.",
             },
             {"name": "inference", "description": "Chat and text completions, streamed or whole."},
-            {"name": "health", "description": "Readiness."},
+            {"name": "health", "description": "Liveness (no key) and readiness (per tenant)."},
         ],
     )
     app.state.settings = settings
@@ -59,7 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     # exports before models: POST /v1/models/{model}/exports must not reach the models router's {model:path}
     for r in (files.router, fine_tuning.router, exports.router, models.router, chat.router, health.router):
         app.include_router(r)
-    app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
+    # Around every route: the upload's key check and the body limits come before any body is read.
+    app.add_middleware(BodyLimits, settings=settings)
     _document_streams(app)
     return app
 
@@ -94,28 +94,3 @@ def _document_streams(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     return create_app(Settings())
-
-
-class UploadLimit:
-    """Refuse an upload whose declared size is over the limit before reading it (413 in OpenAI's shape)."""
-
-    MULTIPART_OVERHEAD = 64 * 1024
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit + self.MULTIPART_OVERHEAD:
-                err = APIError(
-                    413,
-                    f"File too large: the limit is {self.limit:,} bytes (TUNEFORGE_MAX_UPLOAD_BYTES).",
-                    param="file",
-                    code="file_too_large",
-                )
-                from fastapi.responses import JSONResponse
-
-                await JSONResponse(err.body(), status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

@@ -10,6 +10,9 @@
 - Admission: at most `max_concurrent_generations` run at once and `max_queued_generations` wait; a request
   beyond that is refused at once with 429 and Retry-After. Generations on one model take turns (its active
   adapter is shared state), generations on different models run in parallel.
+- A request's CPU work before it generates (chat template, tokenisation) runs in threads, at most one per core
+  at once (`cpu_work`), never on the event loop: an 8 MB prompt takes seconds to tokenise, and on the loop every
+  other request of every tenant would wait for it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
 
 from tuneforge.models.adapters import adapters_off
 from tuneforge.models.load import LoadedModel, load_tokenizer
@@ -34,6 +41,7 @@ from tuneforge.serve.errors import overloaded
 from tuneforge.settings import Settings
 
 log = logging.getLogger("tuneforge.serve")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ class Engine:
         self.active = 0  # admitted: running or waiting
         self.running = 0
         self.loads: Counter[str] = Counter()  # model loads from disk, by key (a base is loaded once)
+        # Its own limiter rather than the shared thread pool: many long tokenisations at once must not take the
+        # threads that the other routes' sync handlers and dependencies run in.
+        self._cpu = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
 
     # ---------------------------------------------------------------------------------------- admission
     def admit(self) -> Ticket:
@@ -121,6 +132,10 @@ class Engine:
     @property
     def waiting(self) -> int:
         return max(0, self.active - self.running)
+
+    async def cpu_work(self, fn: Callable[..., R], *args: Any) -> R:
+        """fn(*args) in a worker thread, off the event loop (see the module's notes)."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._cpu)
 
     # ------------------------------------------------------------------------------------------- models
     def prepare(self, target: Target) -> Prepared:

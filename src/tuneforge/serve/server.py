@@ -29,7 +29,7 @@ def ensure_api_key(settings: Settings) -> str | None:
     """With no key configured and none stored, create one (owner `default`), save it in the data dir and return
     it so that it can be shown once."""
     settings.ensure_dirs()
-    engine = store.make_engine(settings.db_url)
+    engine = store.engine_for(settings)
     store.init_db(engine)
     try:
         with store.transaction(store.session_factory(engine)) as s:

@@ -2,6 +2,10 @@
 
 Generation runs in its own thread (the event loop keeps serving other requests) and hands pieces of text to the
 response through a queue. A streaming client that goes away cancels its generation at the next token.
+
+A request holds no database connection while it generates: the key and the model are looked up in short sessions
+that close first. Then it takes its place in the generation queue (or gets 429 at once), and only then renders
+and tokenises its prompt, in a thread.
 """
 
 from __future__ import annotations
@@ -11,20 +15,20 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
 from tuneforge.eval.generate import Piece, SamplingParams, TokenStream
-from tuneforge.serve.auth import Tenant
-from tuneforge.serve.deps import EngineDep, SessionDep, SettingsDep
-from tuneforge.serve.engine import Engine, Prepared, Ticket
+from tuneforge.serve.auth import TenantOnly
+from tuneforge.serve.deps import EngineDep, SettingsDep, db_session
+from tuneforge.serve.engine import Engine, Prepared, Target, Ticket
 from tuneforge.serve.errors import APIError, bad_request
 from tuneforge.serve.routes.models import resolve_target
 from tuneforge.serve.schemas import (
@@ -58,19 +62,10 @@ def _sse_doc(model: type) -> dict:
     summary="Create a chat completion",
 )
 async def chat_completions(
-    body: ChatCompletionRequest, session: SessionDep, settings: SettingsDep, engine: EngineDep, owner: Tenant
+    body: ChatCompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep, owner: TenantOnly
 ):
-    prep = await _prepare(body, session, settings, engine, owner)
-    messages = [_message(m, i) for i, m in enumerate(body.messages)]
-    try:
-        prompt = prompt_text(prep.tokenizer, messages)
-    except Exception as e:  # a template that refuses these roles or this order
-        raise bad_request(
-            f"The model's chat template cannot render these messages: {e}", "messages"
-        ) from None
-    ids = prep.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    params = _params(body, [ids], body.max_completion_tokens or body.max_tokens, prep, settings, "messages")
-    gen = _Generation(engine, prep, engine.admit(), [ids], params, body.n)
+    _check_choices(settings, body.n, 1)
+    gen = await _start(request, body, settings, engine, owner, _chat_prompt)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -119,15 +114,13 @@ async def _chat_chunks(gen: _Generation, rid: str, created: int, model: str, inc
     summary="Create a text completion (no chat template)",
 )
 async def completions(
-    body: CompletionRequest, session: SessionDep, settings: SettingsDep, engine: EngineDep, owner: Tenant
+    body: CompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep, owner: TenantOnly
 ):
-    prep = await _prepare(body, session, settings, engine, owner)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    prompts = _prompts(body)
     if not prompts or any(not p for p in prompts):
         raise bad_request("The prompt is empty.", "prompt")
-    ids = [prep.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    params = _params(body, ids, body.max_tokens, prep, settings, "prompt")
-    gen = _Generation(engine, prep, engine.admit(), ids, params, body.n)
+    _check_choices(settings, body.n, len(prompts))
+    gen = await _start(request, body, settings, engine, owner, _completion_prompts)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = [prompts[i // body.n] if body.echo else "" for i in range(gen.n_choices)]
     if body.stream:
@@ -177,13 +170,77 @@ async def _completion_chunks(gen: _Generation, rid: str, created: int, model: st
 
 
 # ------------------------------------------------------------------------------------------- shared
-async def _prepare(body: SamplingIn, session, settings: Settings, engine: Engine, owner: str) -> Prepared:
-    if body.n > settings.max_n:
+def _check_choices(settings: Settings, n: int, prompts: int) -> None:
+    """max_n bounds the choices one request generates; each prompt of a completion gets n of them."""
+    limit = settings.max_n
+    if n > limit:
+        raise bad_request(f"n={n} is more than this server allows ({limit}).", "n", "invalid_value")
+    if prompts > limit:
         raise bad_request(
-            f"n={body.n} is more than this server allows ({settings.max_n}).", "n", "invalid_value"
+            f"{prompts} prompts in one request are more than this server allows ({limit}, the most choices "
+            "per request). Send fewer prompts per request.",
+            "prompt",
+            "invalid_value",
         )
-    target = await run_in_threadpool(resolve_target, session, settings, owner, body.model)
-    return await run_in_threadpool(engine.prepare, target)
+    if prompts * n > limit:
+        raise bad_request(
+            f"{prompts} prompts with n={n} ask for {prompts * n} choices, more than this server allows per "
+            f"request ({limit}). Lower n or send fewer prompts per request.",
+            "n",
+            "invalid_value",
+        )
+
+
+# The CPU work of a request (run by Engine.cpu_work, off the event loop): its prompts as token ids, and how to
+# sample, after the context-length check.
+Work = Callable[[Any, Prepared, Settings], tuple[list[list[int]], SamplingParams]]
+
+
+async def _start(
+    request: Request, body: SamplingIn, settings: Settings, engine: Engine, owner: str, work: Work
+) -> _Generation:
+    """Look the model up, take a place in the queue, then load it and render and tokenise the prompt — in that
+    order, so that an overloaded server refuses at once, before it does a request's expensive work."""
+    target = await run_in_threadpool(_lookup, request, settings, owner, body.model)
+    ticket = engine.admit()
+    try:
+        prep = await run_in_threadpool(engine.prepare, target)
+        prompts, params = await engine.cpu_work(work, body, prep, settings)
+        return _Generation(engine, prep, ticket, prompts, params, body.n)
+    except BaseException:  # refused (context length, template) or cancelled: give the place back
+        ticket.close()
+        raise
+
+
+def _lookup(request: Request, settings: Settings, owner: str, model: str) -> Target:
+    with db_session(request) as session:  # closed before the generation starts
+        return resolve_target(session, settings, owner, model)
+
+
+def _chat_prompt(
+    body: ChatCompletionRequest, prep: Prepared, settings: Settings
+) -> tuple[list[list[int]], SamplingParams]:
+    messages = [_message(m, i) for i, m in enumerate(body.messages)]
+    try:
+        prompt = prompt_text(prep.tokenizer, messages)
+    except Exception as e:  # a template that refuses these roles or this order
+        raise bad_request(
+            f"The model's chat template cannot render these messages: {e}", "messages"
+        ) from None
+    ids = prep.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return [ids], _params(body, [ids], max_tokens, prep, settings, "messages")
+
+
+def _completion_prompts(
+    body: CompletionRequest, prep: Prepared, settings: Settings
+) -> tuple[list[list[int]], SamplingParams]:
+    ids = [prep.tokenizer(p, add_special_tokens=True)["input_ids"] for p in _prompts(body)]
+    return ids, _params(body, ids, body.max_tokens, prep, settings, "prompt")
+
+
+def _prompts(body: CompletionRequest) -> list[str]:
+    return [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
 
 
 def _message(m, i: int) -> Message:

@@ -31,7 +31,7 @@ from tuneforge.serve.auth import Tenant
 from tuneforge.serve.deps import SessionDep, SettingsDep
 from tuneforge.serve.errors import APIError, bad_request, not_found
 from tuneforge.serve.routes.models import resolve_target
-from tuneforge.serve.schemas import ExportCreate, ExportDeleted, ExportList, ExportOut
+from tuneforge.serve.schemas import ErrorResponse, ExportCreate, ExportDeleted, ExportList, ExportOut
 
 router = APIRouter(tags=["exports"])
 
@@ -133,7 +133,7 @@ def retrieve(export_id: str, session: SessionDep, owner: Tenant) -> dict:
             "content": {"application/octet-stream": {}, "application/x-tar": {}},
             "description": "gguf: the .gguf file; merged, gguf-lora, ollama: an uncompressed tar of the folder.",
         },
-        409: {"description": "The export has not succeeded (yet)."},
+        409: {"model": ErrorResponse, "description": "The export has not succeeded (yet)."},
     },
 )
 def download(export_id: str, session: SessionDep, owner: Tenant):

@@ -9,7 +9,7 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.jobs import store
@@ -166,60 +166,36 @@ def retrieve(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dic
     return job_out(get_job(session, owner, fine_tuning_job_id))
 
 
-def _control(session: Session, job: Job, action: str, allowed: tuple[str, ...], direct: str) -> Job:
-    """Ask the worker holding the job to stop (it checkpoints first), or change an idle job at once."""
-    if job.status not in allowed:
+def _control(session: Session, owner: str, job_id: str, action: str) -> dict:
+    """Cancel, pause or resume as one compare-and-set on the job row (store.control_job, whose table says what
+    each request does in each state): a queued or paused job changes at once, a running one gets a request its
+    worker acts on at its next step. The answer is the job as the request left it; 400 if refused."""
+    job = get_job(session, owner, job_id)
+    answer = store.control_job(session, job.id, action)
+    if answer.refused is not None:
+        session.rollback()
+        verb = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}[action]
         raise bad_request(
-            f"Job {job.id} is {job.status}: it cannot be {'cancelled' if action == 'cancel' else action + 'd'}.",
-            "fine_tuning_job_id",
-            "invalid_job_state",
+            f"Job {job.id} cannot be {verb}: {answer.refused}.", "fine_tuning_job_id", "invalid_job_state"
         )
-    values: dict[str, Any] = {"status": direct, "control": None}
-    if direct == "cancelled":
-        values["finished_at"] = int(store.now())
-    # An idle job (no worker holds it) changes now; a held one gets a request the worker acts on.
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.lease_owner.is_(None), Job.status == job.status)
-        .values(**values)
-    )
-    if res.rowcount == 1:
-        store.add_event(session, job.id, f"Job {direct}" if direct != "queued" else "Job resumed")
-    else:
-        session.execute(update(Job).where(Job.id == job.id).values(control=action))
-        store.add_event(session, job.id, f"{action.capitalize()} requested")
+    session.refresh(job)  # still inside the transaction: the state this request left, whatever comes next
     session.commit()
-    session.refresh(job)
-    return job
+    return job_out(job)
 
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobOut, summary="Cancel a fine-tuning job")
 def cancel(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
-    job = get_job(session, owner, fine_tuning_job_id)
-    return job_out(_control(session, job, "cancel", (*store.ACTIVE, "paused"), "cancelled"))
+    return _control(session, owner, fine_tuning_job_id, "cancel")
 
 
 @router.post("/{fine_tuning_job_id}/pause", response_model=JobOut, summary="Pause a fine-tuning job")
 def pause(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
-    job = get_job(session, owner, fine_tuning_job_id)
-    return job_out(_control(session, job, "pause", store.ACTIVE, "paused"))
+    return _control(session, owner, fine_tuning_job_id, "pause")
 
 
 @router.post("/{fine_tuning_job_id}/resume", response_model=JobOut, summary="Resume a paused fine-tuning job")
 def resume(fine_tuning_job_id: str, session: SessionDep, owner: Tenant) -> dict:
-    job = get_job(session, owner, fine_tuning_job_id)
-    if job.status != "paused":
-        raise bad_request(
-            f"Job {job.id} is {job.status}, not paused.", "fine_tuning_job_id", "invalid_job_state"
-        )
-    res = session.execute(
-        update(Job).where(Job.id == job.id, Job.status == "paused").values(status="queued", control=None)
-    )
-    if res.rowcount == 1:
-        store.add_event(session, job.id, "Job resumed")
-    session.commit()
-    session.refresh(job)
-    return job_out(job)
+    return _control(session, owner, fine_tuning_job_id, "resume")
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=EventList, summary="List a job's events")
