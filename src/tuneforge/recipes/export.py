@@ -59,8 +59,6 @@ def check_request(
             "--quant applies to GGUF exports", "leave it out for merged (the weights stay float)"
         )
     q = quantize.check_type(quant or DEFAULT_QUANT[to]) if to != "merged" else None
-    if to == "gguf-lora" and q not in gguf.PYTHON_TYPES + tuple(quantize.K_QUANTS):
-        raise ExportError(f"unknown quantization type {quant!r}", "use f16 for the base")
     if to != "merged":  # the architecture, from the config alone: no weights are loaded to refuse it
         gguf.check_architecture(model_config(run))
     out = Path(out) if out else run.root / "export" / (to if q is None else f"{to}-{q}")
@@ -159,14 +157,12 @@ def export_run(
             info = merged.write(model, tok, tmp, dtype, hub_id)
             files["model"] = "."
         elif to in ("gguf", "ollama"):
-            gguf.check_architecture(model.config)
             files["gguf"] = f"{name}-{q}.gguf"
             info = write_gguf(unique_tensors(model), model.config, tok, tmp / files["gguf"], q, name, threads)
             if to == "ollama":
                 info["ollama"] = write_ollama(tmp, files["gguf"], tok, model.config, cfg.model.name)
                 files["modelfile"] = "Modelfile"
         else:  # gguf-lora: the adapter, and the base it applies to
-            gguf.check_architecture(model.config)
             base = load_model(cfg.model.name, dtype="float32", device="cpu").model
             files["base"] = f"{Path(str(cfg.model.name)).name}-{q}.gguf"
             files["lora"] = f"{name}-lora.gguf"
