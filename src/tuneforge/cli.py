@@ -432,13 +432,20 @@ def serve(
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
     env_file: EnvFileOpt = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="batched: continuous batching across requests and LoRA adapters (default); serial: one "
+            "generation at a time per model (env TUNEFORGE_ENGINE)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve an OpenAI-compatible API (files, fine-tuning jobs, models, chat) with workers for the jobs."""
     from tuneforge.serve.server import serve as run_server
     from tuneforge.settings import load_settings
 
-    settings = load_settings(env_file, data_dir=data_dir, database_url=database_url)
+    settings = load_settings(env_file, data_dir=data_dir, database_url=database_url, engine=engine)
     run_server(settings, host, port, workers, log_level)
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -105,11 +105,34 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1, description="Largest accepted JSON request body (every route but file uploads)."
     )
     # ---- inference
+    engine: Literal["batched", "serial"] = Field(
+        "batched",
+        description="batched: continuous batching across requests and LoRA adapters (Llama-family models; "
+        "others, and DoRA/IA3/prompt adapters, fall back to serial); serial: one generation at a time per model.",
+    )
     max_concurrent_generations: int = Field(
-        2, ge=1, description="Generations running at once (requests for one base model take turns)."
+        32, ge=1, description="Requests generating at once (serial engine: they take turns on one model)."
     )
     max_queued_generations: int = Field(
-        16, ge=0, description="Requests allowed to wait for a free slot; beyond that: 429 with Retry-After."
+        64, ge=0, description="Requests allowed to wait beyond those; beyond that: 429 with Retry-After."
+    )
+    max_batch_size: int = Field(32, ge=1, description="Batched engine: sequences decoded together per model.")
+    prefill_chunk_tokens: int = Field(
+        256,
+        ge=1,
+        description="Batched engine: prompt tokens fed per step, so long prompts do not stall decoding.",
+    )
+    kv_cache_mb: float = Field(
+        1024, gt=0, description="Batched engine: memory for the KV caches of one model's running sequences."
+    )
+    metrics_token: str | None = Field(
+        None,
+        description="If set, GET /metrics needs `Authorization: Bearer <metrics_token>` (else it is open).",
+    )
+    max_loaded_adapters: int = Field(
+        32,
+        ge=1,
+        description="Batched engine: LoRA adapters kept in memory per base model (least recently used out).",
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After seconds sent with a 429.")
     default_max_tokens: int = Field(

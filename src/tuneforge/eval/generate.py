@@ -148,6 +148,53 @@ class Piece:
     finish_reason: str | None = None
 
 
+class ChoiceText:
+    """The text of one choice as its tokens arrive: `push(token)` returns the next piece to send, or None.
+
+    Stop tokens end the choice without appearing; stop strings cut the text without ever sending a partial match
+    (the last `hold` characters wait until they cannot start one); half of a multi-byte character waits for the
+    rest. Shared by TokenStream and the service's batched engine, so both stream exactly the same pieces.
+    """
+
+    def __init__(self, tokenizer: Any, index: int, stop_ids: set[int], stop_strings: Sequence[str]):
+        self.tok, self.index, self.stop_ids = tokenizer, index, stop_ids
+        self.stop_strings = [s for s in stop_strings if s]
+        self.hold = max((len(s) for s in self.stop_strings), default=1) - 1
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already sent
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int) -> Piece | None:
+        self.completion_tokens += 1  # every token generated counts, the end-of-turn token too
+        if token in self.stop_ids:
+            return self.finish("stop")
+        self.ids.append(token)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        if cut >= 0:
+            self.finish_reason = "stop"
+            return Piece(self.index, text[self.sent : max(cut, self.sent)], "stop")
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return None
+        upto = len(text) - self.hold if self.stop_strings else len(text)
+        if upto > self.sent:
+            piece = Piece(self.index, text[self.sent : upto])
+            self.sent = upto
+            return piece
+        return None
+
+    def finish(self, reason: str) -> Piece:
+        """The rest of the text (what `hold` kept back) as the choice's last piece."""
+        self.finish_reason = reason
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        return Piece(self.index, text[self.sent :], reason)
+
+
 class TokenStream:
     """Sample `n` answers to one prompt token by token, yielding text pieces as they are decoded.
 
@@ -167,15 +214,25 @@ class TokenStream:
         params: SamplingParams,
         n: int = 1,
         should_cancel: Any = None,
+        choices: list[ChoiceText] | None = None,
     ):
+        """`choices`: the n ChoiceText to fill (a caller that counts their tokens); made here if not given."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         self.lm, self.params, self.n = lm, params, n
         self.prompt_ids = list(prompt_ids)
         self.prompt_tokens = len(self.prompt_ids)
-        self.completion_tokens = [0] * n
-        self.finish_reasons: list[str | None] = [None] * n
+        stops = set(lm.stop_token_ids or [lm.tokenizer.eos_token_id])
+        self.choices = choices or [ChoiceText(lm.tokenizer, i, stops, params.stop) for i in range(n)]
         self.should_cancel = should_cancel or (lambda: False)
+
+    @property
+    def completion_tokens(self) -> list[int]:
+        return [c.completion_tokens for c in self.choices]
+
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        return [c.finish_reason for c in self.choices]
 
     def texts(self) -> list[str]:
         """Run to the end; the full text of every choice."""
@@ -187,16 +244,10 @@ class TokenStream:
     @torch.no_grad()
     def __iter__(self) -> Iterator[Piece]:
         lm, params, n = self.lm, self.params, self.n
-        tok, model, device = lm.tokenizer, lm.model, lm.device
-        stops = set(lm.stop_token_ids or [tok.eos_token_id])
-        stop_strings = [s for s in params.stop if s]
-        hold = max((len(s) for s in stop_strings), default=1) - 1
+        model, device = lm.model, lm.device
         gen = torch.Generator(device=device)
         gen.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         ids = torch.tensor([self.prompt_ids] * n, device=device)
-        new: list[list[int]] = [[] for _ in range(n)]
-        sent = [0] * n  # characters of the decoded text already yielded
-        done = [False] * n
         past = None
         for _ in range(params.max_new_tokens):
             if self.should_cancel():
@@ -204,43 +255,19 @@ class TokenStream:
             with inference_autocast(device):
                 out = model(input_ids=ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            nxt = _sample(out.logits[:, -1, :].float(), params, gen)
-            for i in range(n):
-                if done[i]:
-                    continue
-                t = int(nxt[i])
-                self.completion_tokens[i] += 1
-                if t in stops:
-                    done[i] = True
-                    self.finish_reasons[i] = "stop"
-                    text = tok.decode(new[i], skip_special_tokens=True)
-                    yield Piece(i, text[sent[i] :], "stop")
-                    continue
-                new[i].append(t)
-                text = tok.decode(new[i], skip_special_tokens=True)
-                cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
-                if cut >= 0:
-                    done[i] = True
-                    self.finish_reasons[i] = "stop"
-                    yield Piece(i, text[sent[i] : max(cut, sent[i])], "stop")
-                    continue
-                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                    continue
-                upto = len(text) - hold if stop_strings else len(text)
-                if upto > sent[i]:
-                    yield Piece(i, text[sent[i] : upto])
-                    sent[i] = upto
-            if all(done):
+            nxt = sample(out.logits[:, -1, :].float(), params, gen)
+            for choice, t in zip(self.choices, nxt.tolist(), strict=True):
+                if not choice.done and (piece := choice.push(t)) is not None:
+                    yield piece
+            if all(c.done for c in self.choices):
                 return
             ids = nxt.view(n, 1)
-        for i in range(n):
-            if not done[i]:
-                self.finish_reasons[i] = "length"
-                text = tok.decode(new[i], skip_special_tokens=True)
-                yield Piece(i, text[sent[i] :], "length")
+        for choice in self.choices:
+            if not choice.done:
+                yield choice.finish("length")
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
     """Greedy at temperature 0, else temperature + nucleus (top-p) sampling with the request's generator."""
     if params.temperature <= 0:
         return logits.argmax(dim=-1)

@@ -13,7 +13,7 @@ from tuneforge.jobs import store
 from tuneforge.serve import errors
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.limits import BodyLimits
-from tuneforge.serve.routes import chat, exports, files, fine_tuning, health, models
+from tuneforge.serve.routes import chat, exports, files, fine_tuning, health, metrics, models
 from tuneforge.settings import Settings
 
 DESCRIPTION = """OpenAI-compatible fine-tuning and inference on your own machine.
@@ -56,7 +56,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = Engine(settings)
     errors.install(app)
     # exports before models: POST /v1/models/{model}/exports must not reach the models router's {model:path}
-    for r in (files.router, fine_tuning.router, exports.router, models.router, chat.router, health.router):
+    for r in (
+        files.router,
+        fine_tuning.router,
+        exports.router,
+        models.router,
+        chat.router,
+        health.router,
+        metrics.router,
+    ):
         app.include_router(r)
     # Around every route: the upload's key check and the body limits come before any body is read.
     app.add_middleware(BodyLimits, settings=settings)

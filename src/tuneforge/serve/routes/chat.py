@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,10 +24,10 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
-from tuneforge.eval.generate import Piece, SamplingParams, TokenStream
+from tuneforge.eval.generate import Piece, SamplingParams
 from tuneforge.serve.auth import TenantOnly
 from tuneforge.serve.deps import EngineDep, SettingsDep, db_session
-from tuneforge.serve.engine import Engine, Prepared, Target, Ticket
+from tuneforge.serve.engine import DONE, Engine, Prepared, Target, Ticket
 from tuneforge.serve.errors import APIError, bad_request
 from tuneforge.serve.routes.models import resolve_target
 from tuneforge.serve.schemas import (
@@ -316,13 +315,8 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
     )
 
 
-@dataclass
-class _Done:
-    streams: list[TokenStream]
-
-
 class _Generation:
-    """One admitted request: its generation thread and the queue its pieces come through."""
+    """One admitted request: the engine generates its choices and hands their pieces to this queue."""
 
     def __init__(
         self,
@@ -333,39 +327,26 @@ class _Generation:
         params: SamplingParams,
         n: int,
     ):
-        self.engine, self.prep, self.ticket = engine, prep, ticket
-        self.prompts, self.params, self.n = prompts, params, n
+        self.prompts = prompts
         self.n_choices = len(prompts) * n
-        self.streams: list[TokenStream] = []
         self.cancel = threading.Event()
-        # Started at once, so that the ticket is given back even if the response is never read.
         self._queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._work, args=(loop, self._queue), daemon=True, name="generate").start()
 
-    def _work(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
-        def put(item: Any) -> None:
+        def put(item: Any) -> None:  # called from the engine's threads
             try:
-                loop.call_soon_threadsafe(q.put_nowait, item)
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
             except RuntimeError:  # the server is shutting down
                 self.cancel.set()
 
-        try:
-            with self.ticket, self.engine.generating(self.prep) as lm:
-                for k, ids in enumerate(self.prompts):
-                    stream = TokenStream(lm, ids, self.params, self.n, self.cancel.is_set)
-                    self.streams.append(stream)
-                    for piece in stream:
-                        put(Piece(piece.index + k * self.n, piece.text, piece.finish_reason))
-            put(_Done(self.streams))
-        except BaseException as e:  # handed to the request, which reports it
-            put(e)
+        # Started at once, so that the ticket is given back even if the response is never read.
+        self.run = engine.start(prep, ticket, prompts, params, n, put, self.cancel)
 
     async def pieces(self) -> AsyncIterator[Piece]:
         try:
             while True:
                 item = await self._queue.get()
-                if isinstance(item, _Done):
+                if item is DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -384,5 +365,5 @@ class _Generation:
 
     def usage(self) -> dict:
         prompt = sum(len(p) for p in self.prompts)
-        completion = sum(sum(s.completion_tokens) for s in self.streams)
+        completion = self.run.completion_tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
