@@ -92,8 +92,9 @@ def make_adapters(data: Path) -> list[str]:
     ids = []
     settings = Settings(data_dir=data)
     settings.ensure_dirs()
-    sessions = store.session_factory(store.engine_for(settings))
-    store.init_db(store.engine_for(settings))
+    db = store.engine_for(settings)
+    store.init_db(db)
+    sessions = store.session_factory(db)
     for i in range(N_ADAPTERS):
         lm = load_any(BASE)
         torch.manual_seed(i)

@@ -73,9 +73,6 @@ class _Entry:
     loras: OrderedDict[str, lora.LoraWeights] = field(default_factory=OrderedDict)  # batched adapters, LRU
     last_used: float = field(default_factory=time.time)
 
-    def busy(self) -> bool:
-        return self.lock.locked() or (self.scheduler is not None and self.scheduler.busy)
-
 
 @dataclass
 class _Adapter:
@@ -145,8 +142,8 @@ class Engine:
         self._slots = threading.BoundedSemaphore(settings.max_concurrent_generations)
         self._count_lock = threading.Lock()
         self.active = 0  # admitted: running or waiting
-        self.serial_running = 0  # serial generations running, and waiting for a slot or their model's turn
-        self.serial_waiting = 0
+        self.serial_running = 0  # serial generations generating
+        self.serial_waiting = 0  # serial generations waiting for a slot or their model's turn
         self.loads: Counter[str] = Counter()  # model loads from disk, by key (a base is loaded once)
         self._fallbacks: set[str] = set()  # reasons already logged
         # Its own limiter rather than the shared thread pool: many long tokenisations at once must not take the

@@ -31,31 +31,29 @@ def generate_serially(
 ) -> None:
     from tuneforge.serve.engine import DONE
 
-    metrics = engine.metrics
     start = time.perf_counter()
     try:
-        with ticket:
-            with engine._count_lock:
-                engine.serial_waiting += 1
-            waiting = True
-            try:
-                with engine._slots, prep.entry.lock:
-                    with engine._count_lock:
-                        engine.serial_waiting -= 1
-                        engine.serial_running += 1
-                    waiting = False
-                    try:
-                        _generate(prep, prompts, params, n, run, put, cancel, metrics, start)
-                    finally:
-                        with engine._count_lock:
-                            engine.serial_running -= 1
-            finally:
-                if waiting:
-                    with engine._count_lock:
-                        engine.serial_waiting -= 1
+        with ticket, contextlib.ExitStack() as held:
+            with _counted(engine, "serial_waiting"):
+                held.enter_context(engine._slots)
+                held.enter_context(prep.entry.lock)
+            with _counted(engine, "serial_running"):
+                _generate(prep, prompts, params, n, run, put, cancel, engine.metrics, start)
         put(DONE)
     except BaseException as e:  # handed to the request, which reports it
         put(e)
+
+
+@contextlib.contextmanager
+def _counted(engine: Engine, attr: str):
+    """engine.<attr> counts this generation while the block runs (read by /metrics and /health/ready)."""
+    with engine._count_lock:
+        setattr(engine, attr, getattr(engine, attr) + 1)
+    try:
+        yield
+    finally:
+        with engine._count_lock:
+            setattr(engine, attr, getattr(engine, attr) - 1)
 
 
 def _generate(prep, prompts, params, n, run, put, cancel, metrics, start) -> None:
