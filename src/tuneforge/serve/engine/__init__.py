@@ -373,6 +373,7 @@ class Engine:
                 Sequence.seeded(
                     params,
                     c.index,
+                    scheduler.decoder.device,
                     prompt=prompts[c.index // n],
                     choice=c,
                     lora=prep.lora,

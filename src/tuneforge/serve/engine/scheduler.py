@@ -55,10 +55,11 @@ class Sequence:
         return len(self.prompt) + self.params.max_new_tokens
 
     @classmethod
-    def seeded(cls, params: SamplingParams, index: int, **kw) -> Sequence:
+    def seeded(cls, params: SamplingParams, index: int, device: torch.device, **kw) -> Sequence:
+        """A sequence with its own generator, on the logits' device (multinomial needs them together)."""
         gen = None
         if params.temperature > 0:
-            gen = torch.Generator()
+            gen = torch.Generator(device=device)
             seed = params.seed if params.seed is not None else secrets.randbits(62)
             gen.manual_seed((seed * 1_000_003 + index) % 2**63)  # the n choices of one seed differ
         return cls(params=params, generator=gen, **kw)
