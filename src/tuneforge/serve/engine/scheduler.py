@@ -107,10 +107,8 @@ class Scheduler:
                     return
                 self._drop_cancelled()
                 self._admit()
-            if not self.running:
-                time.sleep(
-                    0.005
-                )  # everything waits for cache room held by nobody: cannot happen but never spin
+            if not self.running:  # all waiting for cache room held by nobody: cannot happen, but never spin
+                time.sleep(0.005)
                 continue
             try:
                 self._step()
@@ -124,7 +122,7 @@ class Scheduler:
             self._end(s, None)
         for s in [s for s in self.waiting if s.cancelled()]:
             self.waiting.remove(s)
-            s.on_end(None)
+            self._end(s, None)
 
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:
@@ -145,9 +143,11 @@ class Scheduler:
         except Exception:
             log.exception("a sequence's end callback failed")
 
-    def _plan(self) -> tuple[list[Segment], list[tuple[Sequence, int]], list[int], list[int], list[Sequence]]:
+    def _plan(
+        self,
+    ) -> tuple[list[Segment], list[tuple[Sequence, int]], list[int], list[int], list[Sequence], list[int]]:
         """This step's segments (ordered by adapter), how many tokens each sequence feeds, the flat tokens and
-        positions, and the sequences that get a new token from it."""
+        positions, the sequences that get a new token from it and the flat position of each one's last token."""
         parts: list[tuple[Sequence, list[int]]] = []
         budget = self.prefill_chunk
         for s in self.running:
@@ -158,7 +158,7 @@ class Scheduler:
                 budget -= len(chunk)
                 parts.append((s, chunk))
         parts.sort(key=lambda p: (p[0].lora is None, id(p[0].lora)))
-        segments, fed, tokens, positions, sampled = [], [], [], [], []
+        segments, fed, tokens, positions, sampled, last = [], [], [], [], [], []
         for s, toks in parts:
             fed.append((s, len(toks)))
             start = len(tokens)
@@ -167,15 +167,17 @@ class Scheduler:
             segments.append(Segment(start, len(tokens), s.cached, s.cache, s.lora))
             if s.next_token is not None or s.cached + len(toks) == len(s.prompt):
                 sampled.append(s)
-        return segments, fed, tokens, positions, sampled
+                last.append(len(tokens) - 1)
+        return segments, fed, tokens, positions, sampled, last
 
     def _step(self) -> None:
-        segments, fed, tokens, positions, sampled = self._plan()
+        segments, fed, tokens, positions, sampled, last = self._plan()
         dev = self.decoder.device
-        ends = {id(s): seg.end - 1 for (s, _), seg in zip(fed, segments, strict=True)}
-        last = torch.tensor([ends[id(s)] for s in sampled], dtype=torch.long, device=dev)
         logits = self.decoder.forward(
-            torch.tensor(tokens, device=dev), torch.tensor(positions, device=dev), segments, last
+            torch.tensor(tokens, device=dev),
+            torch.tensor(positions, device=dev),
+            segments,
+            torch.tensor(last, dtype=torch.long, device=dev),
         )
         for s, count in fed:  # the K/V of every fed token are in the caches now
             s.cached += count
