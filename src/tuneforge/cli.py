@@ -436,7 +436,8 @@ def serve(
         str | None,
         typer.Option(
             help="batched: continuous batching across requests and LoRA adapters (default); serial: one "
-            "generation at a time per model (env TUNEFORGE_ENGINE)."
+            "generation at a time per model; vllm: vLLM servers underneath, started from vllm_command "
+            "(env TUNEFORGE_ENGINE)."
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",

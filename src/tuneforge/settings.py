@@ -105,10 +105,31 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1, description="Largest accepted JSON request body (every route but file uploads)."
     )
     # ---- inference
-    engine: Literal["batched", "serial"] = Field(
+    engine: Literal["batched", "serial", "vllm"] = Field(
         "batched",
         description="batched: continuous batching across requests and LoRA adapters (Llama-family models; "
-        "others, and DoRA/IA3/prompt adapters, fall back to serial); serial: one generation at a time per model.",
+        "others, and DoRA/IA3/prompt adapters, fall back to serial); serial: one generation at a time per model; "
+        "vllm: a vLLM server per base model underneath, LoRA adapters hot-loaded into it (install vLLM in an "
+        "environment of its own and set vllm_command).",
+    )
+    vllm_command: str = Field(
+        "vllm serve",
+        description="vLLM engine: the command that starts vLLM's OpenAI server, given `--model` and options "
+        "after it: `/opt/vllm-env/bin/vllm serve`, or `.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server` "
+        "(the CPU build of `make vllm`, whose `vllm` command fails on its own package name).",
+    )
+    vllm_args: str = Field(
+        "",
+        description="vLLM engine: more options for `vllm serve`, e.g. `--tensor-parallel-size 2 "
+        "--gpu-memory-utilization 0.85 --max-model-len 8192` (they win over tuneforge's own).",
+    )
+    vllm_max_lora_rank: int = Field(64, ge=1, description="vLLM engine: the largest LoRA rank it accepts.")
+    vllm_max_loras: int = Field(8, ge=1, description="vLLM engine: different LoRA adapters in one batch.")
+    vllm_start_timeout_s: float = Field(
+        900, gt=0, description="vLLM engine: how long a vLLM server may take to start (load, warm up)."
+    )
+    vllm_read_timeout_s: float = Field(
+        600, gt=0, description="vLLM engine: the longest wait for vLLM's next token before the request fails."
     )
     max_concurrent_generations: int = Field(
         32, ge=1, description="Requests generating at once (serial engine: they take turns on one model)."

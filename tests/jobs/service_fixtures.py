@@ -198,6 +198,7 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.app.state.engine.close()
         self.app.state.db.dispose()
 
 

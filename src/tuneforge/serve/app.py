@@ -6,6 +6,8 @@ tuneforge serve                                         # the same, plus worker 
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import FastAPI
 
 from tuneforge import __version__
@@ -32,7 +34,13 @@ def create_app(settings: Settings) -> FastAPI:
     with store.transaction(sessions) as s:
         store.sync_api_keys(s, settings.api_keys)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.engine.close()  # the vLLM servers it started, the schedulers' threads
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tuneforge",
         version=__version__,
         description=DESCRIPTION,

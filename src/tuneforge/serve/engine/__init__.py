@@ -12,6 +12,8 @@
     that are not plain LoRA (DoRA, IA3, prompt tuning), fall back to serial, with the reason logged once.
   - serial: the adapter is loaded into a `PeftModel` (`load_adapter` / `set_adapter`) and one generation at a
     time runs per model (serial.py) — the engine before batching, kept for comparison and as the fallback.
+  - vllm: a vLLM server per base model (and per full fine-tune) does the generating, LoRA adapters hot-loaded
+    into it (vllm.py); adapters vLLM refuses are served serially here, with vLLM's reason logged once.
 - Admission: at most `max_concurrent_generations` + `max_queued_generations` requests are admitted; beyond
   that a request is refused at once with 429 and Retry-After.
 - A request's CPU work before it generates (chat template, tokenisation) runs in threads, at most one per core
@@ -37,13 +39,15 @@ import anyio
 import anyio.to_thread
 
 from tuneforge.eval.generate import ChoiceText, SamplingParams
-from tuneforge.models.load import LoadedModel, load_tokenizer
+from tuneforge.models.load import LoadedModel, base_path_for, load_tokenizer
+from tuneforge.models.registry import resolve
 from tuneforge.models.templates import stop_token_ids
 from tuneforge.recipes.runs import load_any
 from tuneforge.rundir import RunDir
 from tuneforge.serve.engine import decoder, lora
 from tuneforge.serve.engine.metrics import Metrics
 from tuneforge.serve.engine.scheduler import Scheduler, Sequence
+from tuneforge.serve.engine.vllm import BASE, VllmServer
 from tuneforge.serve.errors import APIError, overloaded
 from tuneforge.settings import Settings
 
@@ -88,19 +92,26 @@ class Prepared:
     """A model ready to answer: its tokenizer, context length, and how it generates."""
 
     target: Target
-    entry: _Entry
+    entry: _Entry | None  # None: a vLLM server generates (remote)
     tokenizer: Any
     stop_ids: list[int]
     adapter: str | None  # the PEFT adapter name on the serial path
     lora: lora.LoraWeights | None = None  # the adapter's weights on the batched path
+    remote: VllmServer | None = None
+    remote_model: str = BASE  # what to ask the vLLM server for: its own model, or an adapter's model id
+    remote_context: int | None = None
 
     @property
     def context_length(self) -> int | None:
-        return self.entry.context_length
+        return self.remote_context if self.remote is not None else self.entry.context_length
 
     @property
     def batched(self) -> bool:
-        return self.entry.scheduler is not None and (self.target.kind != "adapter" or self.lora is not None)
+        return (
+            self.entry is not None
+            and self.entry.scheduler is not None
+            and (self.target.kind != "adapter" or self.lora is not None)
+        )
 
 
 class Ticket:
@@ -144,6 +155,8 @@ class Engine:
         self.active = 0  # admitted: running or waiting
         self.serial_running = 0  # serial generations generating
         self.serial_waiting = 0  # serial generations waiting for a slot or their model's turn
+        self.remote_running = 0  # generations a vLLM server is doing
+        self._remote: OrderedDict[str, VllmServer] = OrderedDict()  # vLLM servers by model key, LRU
         self.loads: Counter[str] = Counter()  # model loads from disk, by key (a base is loaded once)
         self._fallbacks: set[str] = set()  # reasons already logged
         # Its own limiter rather than the shared thread pool: many long tokenisations at once must not take the
@@ -164,7 +177,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return self.serial_running + sum(len(s.running) for s in self._schedulers())
+        return self.serial_running + self.remote_running + sum(len(s.running) for s in self._schedulers())
 
     @property
     def waiting(self) -> int:
@@ -172,6 +185,17 @@ class Engine:
 
     def _schedulers(self) -> list[Scheduler]:
         return [e.scheduler for e in list(self._models.values()) if e.scheduler is not None]
+
+    @contextlib.contextmanager
+    def counted(self, attr: str):
+        """self.<attr> counts this generation while the block runs (read by /metrics and /health/ready)."""
+        with self._count_lock:
+            setattr(self, attr, getattr(self, attr) + 1)
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                setattr(self, attr, getattr(self, attr) - 1)
 
     async def cpu_work(self, fn: Callable[..., R], *args: Any) -> R:
         """fn(*args) in a worker thread, off the event loop (see the module's notes)."""
@@ -181,6 +205,10 @@ class Engine:
     def prepare(self, target: Target) -> Prepared:
         """Load what the target needs (once) and return the handle to generate with. Blocking: call it in a
         thread."""
+        if self.settings.engine == "vllm":
+            prep = self._prepare_remote(target)
+            if prep is not None:
+                return prep  # else an adapter vLLM refuses: served here, serially
         if target.kind == "full":
             entry = self._entry(
                 f"full:{target.id}", lambda: load_any(str(target.run_dir), device=self.settings.device)
@@ -199,6 +227,75 @@ class Engine:
         return Prepared(
             target, entry, adapter.tokenizer, adapter.stop_ids, None, self._lora(entry, target.id)
         )
+
+    def _prepare_remote(self, target: Target) -> Prepared | None:
+        if target.kind == "full":
+            folder = RunDir(target.run_dir).artifact("model")
+            if not folder.is_dir():  # IA3, prompt tuning ...: adapters vLLM has no kernels for
+                self._fall_back(
+                    f"{target.id} is served here, serially, not by vLLM: not a LoRA or a full model"
+                )
+                return None
+            server = self._server(f"full:{target.id}", str(folder))
+        else:
+            base = self.settings.base_models.get(target.base_id, target.source)
+            server = self._server(f"base:{target.base_id}", base_path_for(resolve(base)))
+        tok, stops, ctx = server.tokenizer
+        if target.kind != "adapter":
+            return Prepared(target, None, tok, stops, None, remote=server, remote_context=ctx)
+        folder = RunDir(target.run_dir).artifact("adapter")
+        reason = lora.unsupported(folder) or server.load_lora(target.id, folder)
+        if reason:
+            self._fall_back(f"adapter {target.id} is served here, serially, not by vLLM: {reason}")
+            return None
+        adapter = server.adapters.get(target.id)
+        if adapter is None:
+            adapter = server.adapters[target.id] = load_tokenizer(str(folder))[0]
+        return Prepared(
+            target,
+            None,
+            adapter,
+            stop_token_ids(adapter),
+            None,
+            remote=server,
+            remote_model=target.id,
+            remote_context=ctx,
+        )
+
+    def _server(self, key: str, model_path: str) -> VllmServer:
+        """The vLLM server of a base model or a full fine-tune, started on first use (and again if it died);
+        at most `max_loaded_models` run at once, the least recently used idle one stopped first."""
+        with self._load_lock:
+            server = self._remote.get(key)
+            if server is not None and not server.alive:
+                log.warning("vLLM for %s exited (code %s): starting it again", key, server.proc.returncode)
+                server.close()
+                del self._remote[key]
+                server = None
+            if server is None:
+                while len(self._remote) >= self.settings.max_loaded_models:
+                    idle = next((k for k, v in self._remote.items() if v.running == 0), None)
+                    if idle is None:
+                        break  # every server is busy: run one more for now
+                    self._remote.pop(idle).close()
+                    log.info("stopped vLLM for %s", idle)
+                t0 = time.time()
+                server = VllmServer(key, model_path, self.settings, self.settings.data_dir / "logs")
+                self.loads[key] += 1
+                log.info("vLLM for %s ready in %.1f s", key, time.time() - t0)
+                self._remote[key] = server
+            self._remote.move_to_end(key)
+            return server
+
+    def close(self) -> None:
+        """Stop what runs beside the server: the schedulers' threads and the vLLM servers."""
+        with self._load_lock:
+            for entry in self._models.values():
+                if entry.scheduler is not None:
+                    entry.scheduler.close()
+            self._models.clear()
+            while self._remote:
+                self._remote.popitem()[1].close()
 
     def _entry(self, key: str, load) -> _Entry:
         with self._load_lock:
@@ -301,6 +398,12 @@ class Engine:
             full = self._models.pop(f"full:{model_id}", None)
             if full is not None and full.scheduler is not None:
                 full.scheduler.close()
+            remote = self._remote.pop(f"full:{model_id}", None)
+            if remote is not None:
+                remote.close()
+            for server in self._remote.values():
+                server.unload_lora(model_id)
+                server.adapters.pop(model_id, None)
             for entry in self._models.values():
                 adapter = entry.adapters.get(model_id)
                 if adapter is None:
@@ -333,6 +436,14 @@ class Engine:
         stops = set(prep.stop_ids or [prep.tokenizer.eos_token_id])
         choices = [ChoiceText(prep.tokenizer, i, stops, params.stop) for i in range(len(prompts) * n)]
         run = Run(choices)
+        if prep.remote is not None:
+            threading.Thread(
+                target=self._generate_remotely,
+                args=(prep, ticket, prompts, params, n, run, put, cancel),
+                daemon=True,
+                name="generate",
+            ).start()
+            return run
         if not prep.batched:
             from tuneforge.serve.engine.serial import generate_serially
 
@@ -385,6 +496,25 @@ class Engine:
             ]
         )
         return run
+
+    def _generate_remotely(self, prep, ticket, prompts, params, n, run, put, cancel) -> None:
+        server = prep.remote
+        try:
+            with ticket, self.counted("remote_running"), server.busy():
+                server.generate(
+                    prep.remote_model,
+                    prompts,
+                    params,
+                    n,
+                    prep.stop_ids,
+                    run.choices,
+                    put,
+                    cancel,
+                    self.metrics,
+                )
+            put(DONE)
+        except BaseException as e:  # handed to the request, which reports it
+            put(e)
 
 
 def _empty_cuda_cache() -> None:

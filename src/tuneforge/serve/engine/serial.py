@@ -34,26 +34,14 @@ def generate_serially(
     start = time.perf_counter()
     try:
         with ticket, contextlib.ExitStack() as held:
-            with _counted(engine, "serial_waiting"):
+            with engine.counted("serial_waiting"):
                 held.enter_context(engine._slots)
                 held.enter_context(prep.entry.lock)
-            with _counted(engine, "serial_running"):
+            with engine.counted("serial_running"):
                 _generate(prep, prompts, params, n, run, put, cancel, engine.metrics, start)
         put(DONE)
     except BaseException as e:  # handed to the request, which reports it
         put(e)
-
-
-@contextlib.contextmanager
-def _counted(engine: Engine, attr: str):
-    """engine.<attr> counts this generation while the block runs (read by /metrics and /health/ready)."""
-    with engine._count_lock:
-        setattr(engine, attr, getattr(engine, attr) + 1)
-    try:
-        yield
-    finally:
-        with engine._count_lock:
-            setattr(engine, attr, getattr(engine, attr) - 1)
 
 
 def _generate(prep, prompts, params, n, run, put, cancel, metrics, start) -> None:
