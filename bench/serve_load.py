@@ -1,18 +1,22 @@
 """Serving throughput and latency under concurrency: `tuneforge serve` with the serial engine (one generation at
-a time per model, the engine before batching), with the batched engine, and llama.cpp's server on the same
-machine and model, all driven over HTTP by the official `openai` async client from this process.
+a time per model, the engine before batching), with the batched engine and with vLLM underneath (engine vllm),
+vLLM's own OpenAI server, and llama.cpp's server on the same machine and model, all driven over HTTP by the
+official `openai` async client from this process.
 
     python bench/serve_load.py                       # every engine, concurrency 1 4 16 32
     python bench/serve_load.py --engines batched --levels 1 4
+    python bench/serve_load.py --engines vllm vllm-direct --vllm .venv-vllm/bin/python   # after `make vllm`
 
 Requests: chat completions, greedy, streamed (time to first token and inter-token latency from the chunks),
 prompts of mixed lengths (short questions to a ~300-token passage), max_tokens 64-128 (seeded), and for the
 tuneforge engines the model of each request drawn in turn from the base and four LoRA adapters of it (random
-adapters written by this script, rank 16 on every projection, as tuneforge trains them). llama.cpp's server has
-no per-request adapter, so it answers every request with the base model (one GGUF; it cannot do the mix).
+adapters written by this script, rank 16 on every projection, as tuneforge trains them). vLLM's own server gets
+the same mix (the adapters as --lora-modules). llama.cpp's server has no per-request adapter, so it answers every
+request with the base model (one GGUF; it cannot do the mix).
 
 Per engine and concurrency: aggregate completion tokens/s (tokens / wall time of the level), time to first
-token p50/p99, inter-token latency p50/p99, and the server's peak memory (VmHWM). Results in
+token p50/p99, inter-token latency p50/p99, and the server's peak memory (VmHWM, summed over the server's
+processes: vLLM runs its engine core and worker as processes of their own). Results in
 bench/results/serve_load.json; figures in bench/README.md.
 """
 
@@ -70,11 +74,15 @@ def pct(xs: list[float], q: int) -> float | None:
 
 
 def peak_rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return None
+    """The peak resident memory of the server's processes (its session: it was started in a new one)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) == pid:
+                for line in (proc / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+    return round(total / 1024, 1) if total else None
 
 
 # ------------------------------------------------------------------------------------------- set-up
@@ -158,7 +166,13 @@ class Server:
             self.proc.wait(30)
 
 
-def tuneforge_server(engine: str, data: Path, concurrency: int) -> Server:
+# vLLM's CPU build here: float32 as tuneforge serves, a 2 GiB KV cache (its default takes far more), the four
+# adapters of rank 16 in one batch.
+VLLM_OPTIONS = ["--dtype", "float32", "--max-model-len", "2048", "--max-loras", "4", "--max-lora-rank", "16"]
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def tuneforge_server(engine: str, data: Path, concurrency: int, vllm: str | None = None) -> Server:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), TOKENIZERS_PARALLELISM="false")
     env.update(
@@ -170,10 +184,32 @@ def tuneforge_server(engine: str, data: Path, concurrency: int) -> Server:
         TUNEFORGE_MAX_CONCURRENT_GENERATIONS=str(max(concurrency, 32)),
         TUNEFORGE_MAX_QUEUED_GENERATIONS="64",
         TUNEFORGE_DEVICE="cpu",
+        **VLLM_ENV,
     )
+    if vllm:
+        env.update(
+            TUNEFORGE_VLLM_COMMAND=f"{vllm} -m vllm.entrypoints.openai.api_server",
+            TUNEFORGE_VLLM_ARGS=" ".join(VLLM_OPTIONS),
+        )
     cmd = [sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(port), "--workers", "0"]
     url = f"http://127.0.0.1:{port}/v1"
     return Server(cmd, env, data / f"server-{engine}.log", url, f"{url}/models")
+
+
+def vllm_server(data: Path, adapters: list[str], vllm: str) -> Server:
+    """vLLM's own OpenAI server on the base's Hugging Face folder, the four adapters as its LoRA modules."""
+    from tuneforge.models.load import ensure_converted
+    from tuneforge.models.registry import resolve
+
+    port = free_port()
+    loras = [f"{mid}={data / 'runs' / f'adapter{i}' / 'adapter'}" for i, mid in enumerate(adapters)]
+    cmd = [
+        vllm, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_converted(resolve(BASE))),
+        "--served-model-name", BASE, "--port", str(port), "--api-key", KEY, *VLLM_OPTIONS,
+        "--enable-lora", "--lora-modules", *loras,
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    return Server(cmd, dict(os.environ, **VLLM_ENV), data / "server-vllm-direct.log", url, f"{url}/models")
 
 
 def base_gguf(data: Path, kind: str) -> Path:
@@ -288,7 +324,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--engines", nargs="+", default=["serial", "batched", "llamacpp-q4_1", "llamacpp-f32"],
-        choices=["serial", "batched", "llamacpp-q4_1", "llamacpp-f32"],
+        choices=["serial", "batched", "vllm", "vllm-direct", "llamacpp-q4_1", "llamacpp-f32"],
+    )  # fmt: skip
+    p.add_argument(
+        "--vllm", default=str(REPO / ".venv-vllm" / "bin" / "python"),
+        help="The Python of vLLM's environment (make vllm), for the engines vllm and vllm-direct.",
     )  # fmt: skip
     p.add_argument("--levels", nargs="+", type=int, default=[1, 4, 16, 32])
     p.add_argument(
@@ -303,7 +343,7 @@ def main() -> int:
     sys.path.insert(0, str(REPO / "src"))
 
     data = Path(tempfile.mkdtemp(prefix="tf-serve-load-"))
-    adapters = make_adapters(data) if {"serial", "batched"} & set(args.engines) else []
+    adapters = make_adapters(data) if {"serial", "batched", "vllm", "vllm-direct"} & set(args.engines) else []
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -315,8 +355,11 @@ def main() -> int:
     for name in args.engines:
         if name.startswith("llamacpp"):
             server, models = llamacpp_server(data, name.removeprefix("llamacpp-")), [BASE]
+        elif name == "vllm-direct":
+            server, models = vllm_server(data, adapters, args.vllm), [BASE, *adapters]
         else:
-            server, models = tuneforge_server(name, data, max(args.levels)), [BASE, *adapters]
+            vllm = args.vllm if name == "vllm" else None
+            server, models = tuneforge_server(name, data, max(args.levels), vllm), [BASE, *adapters]
         results["engines"][name] = run_engine(name, server, models, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
