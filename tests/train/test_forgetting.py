@@ -156,3 +156,31 @@ def test_the_guard_reacts_to_a_rising_general_loss(knowing_model_dir, forgetting
         [r["general_loss"] for r in checks[:2]]
     )
     assert watch_done["steps"] == 10 and watch_done["best_step"] in {r["step"] for r in watch_checks}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_guard_takes_the_general_examples_that_fit(tiny_model_dir, tmp_path, seed):
+    """Examples longer than data.max_length are skipped for the next ones: the guard measures on as many as asked
+    whatever the seed (it used to take that many and drop the long ones: none left on an unlucky seed)."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.train.forgetting import build_guard
+
+    short = capitals_records(40, seed=3)
+    long = [
+        {
+            "messages": [
+                {"role": "user", "content": "Tell me everything. " * 30},
+                {"role": "assistant", "content": "No."},
+            ]
+        }
+        for _ in range(160)
+    ]
+    general = write_jsonl(tmp_path / "general.jsonl", long + short)  # 1 in 5 fits 64 tokens
+    cfg = tiny_config(
+        tiny_model_dir, general, tmp_path / "run", f"seed={seed}", f"forgetting.data={general}",
+        "forgetting.guard_examples=8",
+    )  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    guard = build_guard(cfg, tok, tok.pad_token_id)
+    assert len(guard.seqs) == 8 and all(len(s.input_ids) <= 64 for s in guard.seqs)

@@ -123,15 +123,29 @@ def _lora_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def build_ewc(cfg: Any, model: nn.Module, tok: Any, device: torch.device) -> EWC:
-    """Diagonal empirical Fisher of the base model on `forgetting.fisher_examples` general examples."""
-    from tuneforge.data.collate import collate
+def _fitting_general(cfg: Any, tok: Any, seed: int, n: int, what: str) -> list:
+    """n general examples that fit data.max_length, tokenised, from the `forgetting.data` pool shuffled with
+    `seed`: one that is too long is skipped for the next (taking n and dropping the long ones left a short
+    max_length with few examples, or none, depending on the run's seed)."""
     from tuneforge.data.tokenize import tokenize_examples
 
     pool = general_examples(cfg.forgetting.data, "train")
-    random.Random(cfg.seed + 29).shuffle(pool)
+    random.Random(seed).shuffle(pool)
     dcfg = cfg.data.model_copy(update={"truncation": "drop", "train_on": "assistant"})
-    seqs, _ = tokenize_examples(pool[: cfg.forgetting.fisher_examples], tok, dcfg, (), "fisher")
+    seqs: list = []
+    for i in range(0, len(pool), max(n, 1)):
+        more, _ = tokenize_examples(pool[i : i + n], tok, dcfg, (), what)
+        seqs += more[: n - len(seqs)]
+        if len(seqs) >= n:
+            break
+    return seqs
+
+
+def build_ewc(cfg: Any, model: nn.Module, tok: Any, device: torch.device) -> EWC:
+    """Diagonal empirical Fisher of the base model on `forgetting.fisher_examples` general examples."""
+    from tuneforge.data.collate import collate
+
+    seqs = _fitting_general(cfg, tok, cfg.seed + 29, cfg.forgetting.fisher_examples, "fisher")
     if not seqs:
         raise DataError("no general example fits data.max_length for the EWC Fisher", "raise data.max_length")
     lora = _lora_layers(model)
@@ -218,12 +232,7 @@ class Guard:
 
 def build_guard(cfg: Any, tok: Any, pad_id: int) -> Guard:
     """`forgetting.guard_examples` general examples (the `forgetting.data` pool, shuffled apart from replay's)."""
-    from tuneforge.data.tokenize import tokenize_examples
-
-    pool = general_examples(cfg.forgetting.data, "train")
-    random.Random(cfg.seed + 43).shuffle(pool)
-    dcfg = cfg.data.model_copy(update={"truncation": "drop", "train_on": "assistant"})
-    seqs, _ = tokenize_examples(pool[: cfg.forgetting.guard_examples], tok, dcfg, (), "guard")
+    seqs = _fitting_general(cfg, tok, cfg.seed + 43, cfg.forgetting.guard_examples, "guard")
     if not seqs:
         raise DataError(
             "no general example fits data.max_length for the forgetting guard",
