@@ -25,6 +25,15 @@ def fake_tokens(prompt: list[int], model: str, choice: int, count: int) -> list[
     return [200 + (prompt[-1] * 31 + salt * 7 + choice * 13 + k * 17) % 1000 for k in range(count)]
 
 
+def fake_logprobs(token: int, k: int, step: int) -> dict:
+    """vLLM's completions logprobs for one token, tokens named "token_id:N" (return_tokens_as_token_ids): the chosen
+    token is the second most likely, and its entry comes on top of the k most likely, as vLLM sends it."""
+    chosen = -1.0 - step / 100
+    top = {f"token_id:{token + 1 + i}": chosen + 0.5 - i for i in range(k)}
+    top[f"token_id:{token}"] = chosen
+    return {"tokens": [f"token_id:{token}"], "token_logprobs": [chosen], "top_logprobs": [top]}
+
+
 def main(argv: list[str]) -> None:
     import uvicorn
     from fastapi import FastAPI, Request
@@ -109,6 +118,8 @@ def main(argv: list[str]) -> None:
                                 "token_ids": [token],
                                 "finish_reason": "length" if last else None,
                             }
+                            if body.get("logprobs") is not None:
+                                choice["logprobs"] = fake_logprobs(token, body["logprobs"], k)
                             yield f"data: {json.dumps({'choices': [choice]})}\n\n"
                     await asyncio.sleep(0.01)
                 yield "data: [DONE]\n\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
+    logprobs: int | None = (
+        None  # None: not asked; k: the chosen token's log-probability and the k most likely
+    )
 
 
 @torch.no_grad()
@@ -141,11 +144,35 @@ def stream_chat(lm: LoadedModel, messages: Sequence[Message], params: SamplingPa
 # ------------------------------------------------------------------------------- token-level streaming
 @dataclass
 class Piece:
-    """A piece of text of choice `index`; `finish_reason` is set on the last piece of that choice."""
+    """A piece of text of choice `index`; `finish_reason` is set on the last piece of that choice. `logprobs`: the
+    tokens generated since the previous piece, when the request asked for them."""
 
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log-probability under the model (before temperature and top-p, as OpenAI and vLLM
+    report it) and the `top` most likely tokens at its position, as (token id, logprob)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], k: int) -> list[TokenLogprob]:
+    """For each row of `logits` [rows, vocab]: the logprob of tokens[row] and the k most likely tokens."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor(list(tokens), device=lp.device).view(-1, 1)).view(-1).tolist()
+    if k:
+        values, ids = lp.topk(k, dim=-1)
+        tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    else:
+        tops = [[] for _ in chosen]
+    return [TokenLogprob(t, c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]
 
 
 class ChoiceText:
@@ -164,26 +191,30 @@ class ChoiceText:
         self.sent = 0  # characters of the decoded text already sent
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self._logprobs: list[TokenLogprob] = []  # of the tokens not yet in a piece
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token: int) -> Piece | None:
+    def push(self, token: int, logprob: TokenLogprob | None = None) -> Piece | None:
+        """`logprob`: the token's, when the request asked for them (the end-of-turn token's is not reported)."""
         self.completion_tokens += 1  # every token generated counts, the end-of-turn token too
         if token in self.stop_ids:
             return self.finish("stop")
         self.ids.append(token)
+        if logprob is not None:
+            self._logprobs.append(logprob)
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
         if cut >= 0:
             self.finish_reason = "stop"
-            return Piece(self.index, text[self.sent : max(cut, self.sent)], "stop")
+            return self._piece(text[self.sent : max(cut, self.sent)], "stop")
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return None
         upto = len(text) - self.hold if self.stop_strings else len(text)
         if upto > self.sent:
-            piece = Piece(self.index, text[self.sent : upto])
+            piece = self._piece(text[self.sent : upto])
             self.sent = upto
             return piece
         return None
@@ -192,7 +223,12 @@ class ChoiceText:
         """The rest of the text (what `hold` kept back) as the choice's last piece."""
         self.finish_reason = reason
         text = self.tok.decode(self.ids, skip_special_tokens=True)
-        return Piece(self.index, text[self.sent :], reason)
+        return self._piece(text[self.sent :], reason)
+
+    def _piece(self, text: str, reason: str | None = None) -> Piece:
+        piece = Piece(self.index, text, reason, self._logprobs)
+        self._logprobs = []
+        return piece
 
 
 class TokenStream:
@@ -255,13 +291,15 @@ class TokenStream:
             with inference_autocast(device):
                 out = model(input_ids=ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            nxt = sample(out.logits[:, -1, :].float(), params, gen)
-            for choice, t in zip(self.choices, nxt.tolist(), strict=True):
-                if not choice.done and (piece := choice.push(t)) is not None:
+            logits = out.logits[:, -1, :].float()
+            nxt = sample(logits, params, gen).tolist()
+            lps = token_logprobs(logits, nxt, params.logprobs) if params.logprobs is not None else [None] * n
+            for choice, t, lp in zip(self.choices, nxt, lps, strict=True):
+                if not choice.done and (piece := choice.push(t, lp)) is not None:
                     yield piece
             if all(c.done for c in self.choices):
                 return
-            ids = nxt.view(n, 1)
+            ids = torch.tensor(nxt, device=device).view(n, 1)
         for choice in self.choices:
             if not choice.done:
                 yield choice.finish("length")

@@ -216,6 +216,8 @@ TargetModules = checked_strings("lora_target_modules", max_chars=256, max_items=
 Temperature = checked_number(False, ge=0, le=2)
 TopP = checked_number(False, gt=0, le=1)
 Choices = checked_number(True, ge=1, le=128)  # OpenAI's bound; the server's max_n is usually lower
+TopLogprobs = checked_number(True, ge=0, le=20)  # OpenAI's bounds (chat)
+CompletionLogprobCount = checked_number(True, ge=0, le=5)  # OpenAI's bounds (legacy completions)
 GeneratedTokens = checked_number(True, ge=1, le=MAX_GENERATED_TOKENS)
 
 
@@ -719,12 +721,26 @@ class SamplingIn(Request):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
+    def logprob_count(self) -> int | None:
+        """How many most likely tokens to report beside each chosen one; None: no logprobs asked."""
+        return None
+
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class ChatCompletionRequest(SamplingIn):
     messages: list[ChatMessageIn] = Field(..., min_length=1)
+    logprobs: StrictBool = Field(False, description="Return the log-probability of each generated token.")
+    top_logprobs: TopLogprobs | None = Field(
+        None,
+        description="0 to 20: the most likely tokens at each position, with their log-probabilities "
+        "(needs logprobs: true).",
+    )
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     max_tokens: GeneratedTokens | None = Field(
         None, description="Deprecated by OpenAI; max_completion_tokens wins. At least 1."
     )
@@ -737,6 +753,12 @@ class CompletionRequest(SamplingIn):
     prompt: Prompt = Field(..., description="One prompt, or several (each gets n choices).")
     max_tokens: GeneratedTokens | None = Field(16, description="At least 1 (default 16).")
     echo: StrictBool = False
+    logprobs: CompletionLogprobCount | None = Field(
+        None, description="0 to 5: each generated token's log-probability and that many most likely tokens."
+    )
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 class Usage(Response):
@@ -751,10 +773,32 @@ class ChatMessageOut(Response):
     refusal: str | None = None
 
 
+class TopLogprob(Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="The token's UTF-8 bytes.")
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Response):
+    content: list[TokenLogprobOut] | None
+    refusal: list[TokenLogprobOut] | None = None
+
+
+class CompletionLogprobs(Response):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class ChatChoice(Response):
     index: int
     message: ChatMessageOut
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"]
 
 
@@ -776,7 +820,7 @@ class ChunkDelta(Response):
 class ChunkChoice(Response):
     index: int
     delta: ChunkDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -793,7 +837,7 @@ class ChatCompletionChunk(Response):
 class CompletionChoice(Response):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

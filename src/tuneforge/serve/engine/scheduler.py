@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tuneforge.eval.generate import ChoiceText, Piece, SamplingParams, sample
+from tuneforge.eval.generate import ChoiceText, Piece, SamplingParams, sample, token_logprobs
 from tuneforge.serve.engine.decoder import Decoder, Segment
 from tuneforge.serve.engine.kv import SequenceCache, TokenBudget
 from tuneforge.serve.engine.lora import LoraWeights
@@ -194,7 +194,9 @@ class Scheduler:
             )
             self.metrics.latency(now - (s.last_token_at or s.submitted), first=s.last_token_at is None)
             s.last_token_at = now
-            piece = s.choice.push(t)
+            k = s.params.logprobs
+            lp = None if k is None else token_logprobs(logits[row : row + 1], [t], k)[0]
+            piece = s.choice.push(t, lp)
             if piece is not None:
                 s.emit(piece)
             if not s.choice.done and s.choice.completion_tokens >= s.params.max_new_tokens:

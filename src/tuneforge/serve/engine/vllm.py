@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tuneforge.eval.generate import ChoiceText, SamplingParams
+from tuneforge.eval.generate import ChoiceText, SamplingParams, TokenLogprob
 from tuneforge.models.load import load_tokenizer
 from tuneforge.models.templates import stop_token_ids
 from tuneforge.serve.errors import APIError
@@ -222,6 +222,8 @@ class VllmServer:
             body["seed"] = params.seed
         if params.stop:  # vLLM stops generating there; ChoiceText cuts the text the same way as elsewhere
             body["stop"] = list(params.stop)
+        if params.logprobs is not None:  # tokens named "token_id:N" so that they map back to ids
+            body.update(logprobs=params.logprobs, return_tokens_as_token_ids=True)
         start = time.perf_counter()
         last: list[float | None] = [None] * len(choices)
         try:
@@ -240,7 +242,7 @@ class VllmServer:
                             502, f"vLLM: {chunk['error'].get('message', chunk['error'])}", type="server_error"
                         )
                     for c in chunk.get("choices", []):
-                        for piece in _pieces(choices[c["index"]], c):
+                        for piece in _pieces(choices[c["index"]], c, params.logprobs):
                             now = time.perf_counter()
                             i = piece.index
                             metrics.latency(now - (last[i] or start), first=last[i] is None)
@@ -264,11 +266,12 @@ class VllmServer:
         return self._down(f"vLLM answered {r.status_code}: {_message(r)}")
 
 
-def _pieces(choice: ChoiceText, c: dict):
+def _pieces(choice: ChoiceText, c: dict, k: int | None):
     if choice.done:
         return
-    for token in c.get("token_ids") or []:
-        piece = choice.push(token)
+    tokens = c.get("token_ids") or []
+    for token, lp in zip(tokens, _logprobs(c.get("logprobs"), len(tokens), k or 0), strict=True):
+        piece = choice.push(token, lp)
         if piece is not None:
             yield piece
         if choice.done:
@@ -276,6 +279,24 @@ def _pieces(choice: ChoiceText, c: dict):
     reason = c.get("finish_reason")
     if reason:  # vLLM ended it (its stop token is not always among token_ids)
         yield choice.finish("length" if reason == "length" else "stop")
+
+
+def _logprobs(lp: dict | None, count: int, k: int) -> list[TokenLogprob | None]:
+    """vLLM's completions logprobs ({tokens, token_logprobs, top_logprobs} with tokens as "token_id:N") as ours;
+    its top entries hold the chosen token too when it is not among the k most likely: cut to k."""
+    if not lp:
+        return [None] * count
+
+    def tid(name: str) -> int:
+        return int(name.rsplit(":", 1)[1])
+
+    tops = lp.get("top_logprobs") or [None] * count
+    return [
+        TokenLogprob(
+            tid(name), value, sorted(((tid(t), v) for t, v in (top or {}).items()), key=lambda tv: -tv[1])[:k]
+        )
+        for name, value, top in zip(lp["tokens"], lp["token_logprobs"], tops, strict=True)
+    ]
 
 
 def _message(r: httpx.Response) -> str:

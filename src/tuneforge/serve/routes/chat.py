@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
-from tuneforge.eval.generate import Piece, SamplingParams
+from tuneforge.eval.generate import Piece, SamplingParams, TokenLogprob
 from tuneforge.serve.auth import TenantOnly
 from tuneforge.serve.deps import EngineDep, SettingsDep, db_session
 from tuneforge.serve.engine import DONE, Engine, Prepared, Target, Ticket
@@ -64,19 +64,26 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, settings: SettingsDep, engine: EngineDep, owner: TenantOnly
 ):
     _check_choices(settings, body.n, 1)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value")
     gen = await _start(request, body, settings, engine, owner, _chat_prompt)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(_chat_chunks(gen, rid, created, body.model, usage))
-    texts, finish, usage_ = await gen.collect()
+    texts, finish, logprobs, usage_ = await gen.collect()
     return {
         "id": rid,
         "created": created,
         "model": body.model,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
-            for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "logprobs": gen.chat_logprobs(lp),
+                "finish_reason": f,
+            }
+            for i, (t, f, lp) in enumerate(zip(texts, finish, logprobs, strict=True))
         ],
         "usage": usage_,
     }
@@ -97,8 +104,11 @@ async def _chat_chunks(gen: _Generation, rid: str, created: int, model: str, inc
     for i in range(gen.n_choices):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     async for piece in gen.pieces():
-        if piece.text:
-            yield chunk([{"index": piece.index, "delta": {"content": piece.text}, "finish_reason": None}])
+        if piece.text or piece.logprobs:
+            delta = {"index": piece.index, "delta": {"content": piece.text}, "finish_reason": None}
+            if gen.logprobs:
+                delta["logprobs"] = gen.chat_logprobs(piece.logprobs)
+            yield chunk([delta])
         if piece.finish_reason:
             yield chunk([{"index": piece.index, "delta": {}, "finish_reason": piece.finish_reason}])
     if include_usage:
@@ -125,14 +135,19 @@ async def completions(
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(_completion_chunks(gen, rid, created, body.model, usage, echo))
-    texts, finish, usage_ = await gen.collect()
+    texts, finish, logprobs, usage_ = await gen.collect()
     return {
         "id": rid,
         "created": created,
         "model": body.model,
         "choices": [
-            {"index": i, "text": echo[i] + t, "finish_reason": f}
-            for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            {
+                "index": i,
+                "text": echo[i] + t,
+                "logprobs": gen.completion_logprobs(lp, len(echo[i])),
+                "finish_reason": f,
+            }
+            for i, (t, f, lp) in enumerate(zip(texts, finish, logprobs, strict=True))
         ],
         "usage": usage_,
     }
@@ -149,17 +164,21 @@ async def _completion_chunks(gen: _Generation, rid: str, created: int, model: st
             "usage": usage,
         }
 
+    offsets = [len(text) for text in echo]  # where each choice's next token starts in its text
     for i, text in enumerate(echo):
         if text:
             yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
     async for piece in gen.pieces():
-        if piece.text or piece.finish_reason:
+        if piece.text or piece.finish_reason or piece.logprobs:
+            logprobs = gen.completion_logprobs(piece.logprobs, offsets[piece.index])
+            if logprobs is not None:
+                offsets[piece.index] += sum(map(len, logprobs["tokens"]))
             yield chunk(
                 [
                     {
                         "index": piece.index,
                         "text": piece.text,
-                        "logprobs": None,
+                        "logprobs": logprobs,
                         "finish_reason": piece.finish_reason,
                     }
                 ]
@@ -281,6 +300,7 @@ def _params(
         top_p=body.top_p,
         seed=body.seed,
         stop=body.stops(),
+        logprobs=body.logprob_count(),
     )
 
 
@@ -329,6 +349,8 @@ class _Generation:
     ):
         self.prompts = prompts
         self.n_choices = len(prompts) * n
+        self.tokenizer = prep.tokenizer
+        self.logprobs = params.logprobs is not None
         self.cancel = threading.Event()
         self._queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -354,14 +376,47 @@ class _Generation:
         finally:
             self.cancel.set()  # a client that went away stops the generation at the next token
 
-    async def collect(self) -> tuple[list[str], list[str], dict]:
+    async def collect(self) -> tuple[list[str], list[str], list[list[TokenLogprob]], dict]:
         texts = [""] * self.n_choices
         finish = ["length"] * self.n_choices
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.n_choices)]
         async for p in self.pieces():
             texts[p.index] += p.text
+            logprobs[p.index] += p.logprobs
             if p.finish_reason:
                 finish[p.index] = p.finish_reason
-        return texts, finish, self.usage()
+        return texts, finish, logprobs, self.usage()
+
+    # The logprobs in OpenAI's two shapes (None when the request asked for none). A token is shown as its own
+    # decoded text; a token that is half of a multi-byte character shows as U+FFFD, as it does on OpenAI's API.
+    def _text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def chat_logprobs(self, lps: list[TokenLogprob]) -> dict | None:
+        if not self.logprobs:
+            return None
+
+        def entry(token: int, logprob: float) -> dict:
+            text = self._text(token)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        content = [entry(x.token, x.logprob) | {"top_logprobs": [entry(*t) for t in x.top]} for x in lps]
+        return {"content": content, "refusal": None}
+
+    def completion_logprobs(self, lps: list[TokenLogprob], offset: int) -> dict | None:
+        if not self.logprobs:
+            return None
+        tokens = [self._text(x.token) for x in lps]
+        starts = []
+        for t in tokens:
+            starts.append(offset)
+            offset += len(t)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [x.logprob for x in lps],
+            "top_logprobs": [{self._text(t): v for t, v in x.top} for x in lps],
+            "text_offset": starts,
+        }
 
     def usage(self) -> dict:
         prompt = sum(len(p) for p in self.prompts)
