@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.jobs.service_fixtures import live_server, service_settings
+from tests.jobs.service_fixtures import client, live_server, service_settings
 from tests.serve.test_batching import ask, register
 from tuneforge.jobs import store
 
@@ -60,7 +60,7 @@ def test_vllm_answers_as_the_batched_engine_does_on_base_and_adapters(smol_dir, 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes far more
     runs = {mid: small_lora(smol_dir, tmp_path / f"a{i}", i) for i, mid in enumerate(ADAPTERS)}
     asks = [(m, q) for q in QUESTIONS for m in ("tiny", *ADAPTERS)]
-    answers = {}
+    answers, logprobs = {}, {}
     for engine in ("batched", "vllm"):
         settings = service_settings(
             tmp_path / engine,
@@ -75,12 +75,28 @@ def test_vllm_answers_as_the_batched_engine_does_on_base_and_adapters(smol_dir, 
         store.init_db(store.engine_for(settings))
         register(settings, runs)
         with live_server(settings) as srv:
-            ask(srv, "tiny", "warm up", max_tokens=2)  # starts vLLM (about 30 s here) outside the timing
+            # starts vLLM (30-90 s here) before the concurrent requests, with a client that waits for it
+            client(srv, timeout=600).chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "warm up"}], max_tokens=2
+            )
             with ThreadPoolExecutor(len(asks)) as pool:
                 answers[engine] = list(pool.map(lambda mq: ask(srv, *mq, max_tokens=16), asks))
+            out = client(srv).chat.completions.create(
+                model=ADAPTERS[0], messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=8,
+                temperature=0, logprobs=True, top_logprobs=2,
+            )  # fmt: skip
+            logprobs[engine] = [
+                (e.token, e.logprob, [t.token for t in e.top_logprobs])
+                for e in out.choices[0].logprobs.content
+            ]
     assert len(set(answers["vllm"])) > len(QUESTIONS)  # the adapters changed some answers
     # Greedy decoding on two different kernels (vLLM's CPU attention and matmuls, ours): the same tokens but
     # where two candidates are within rounding of each other; allow one of the twelve to part ways.
     same = sum(a == b for a, b in zip(answers["vllm"], answers["batched"], strict=True))
     print(f"vLLM and the batched engine agree on {same} of {len(asks)} answers")
     assert same >= len(asks) - 1, list(zip(answers["vllm"], answers["batched"], strict=True))
+    # logprobs: vLLM's (tokens as "token_id:N") mapped back to the same tokens and values as ours
+    assert [x[0] for x in logprobs["vllm"]] == [x[0] for x in logprobs["batched"]]
+    assert [x[2] for x in logprobs["vllm"]] == [x[2] for x in logprobs["batched"]]
+    for (_, a, _), (_, b, _) in zip(logprobs["vllm"], logprobs["batched"], strict=True):
+        assert abs(a - b) < 1e-2

@@ -63,7 +63,9 @@ class VllmServer:
         tok, _ = load_tokenizer(model_path)  # prompts are rendered and tokenised here, as with every engine
         self.tokenizer = (tok, stop_token_ids(tok), _context_length(model_path))
         port = _free_port()
-        token = secrets.token_urlsafe(24)  # nobody else on this machine can use the child's API
+        # Nobody else on this machine can use the child's API. Hex: a urlsafe token may begin with "-", which
+        # vLLM's argument parser takes for an option (it refused to start so, once in 64 starts).
+        token = secrets.token_hex(24)
         self.log_path = log_dir / f"vllm-{''.join(c if c.isalnum() else '_' for c in key)}.log"
         cmd = [
             *vllm_command(settings),
