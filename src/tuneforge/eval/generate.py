@@ -36,9 +36,8 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
-    logprobs: int | None = (
-        None  # None: not asked; k: the chosen token's log-probability and the k most likely
-    )
+    # None: not asked; k: each chosen token's log-probability and the k most likely tokens beside it
+    logprobs: int | None = None
 
 
 @torch.no_grad()

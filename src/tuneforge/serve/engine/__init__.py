@@ -45,7 +45,7 @@ from tuneforge.models.templates import stop_token_ids
 from tuneforge.recipes.runs import load_any
 from tuneforge.rundir import RunDir
 from tuneforge.serve.engine import decoder, lora
-from tuneforge.serve.engine.metrics import Metrics
+from tuneforge.serve.engine.metrics import Metrics, counted
 from tuneforge.serve.engine.scheduler import Scheduler, Sequence
 from tuneforge.serve.engine.vllm import BASE, VllmServer
 from tuneforge.serve.errors import APIError, overloaded
@@ -99,11 +99,10 @@ class Prepared:
     lora: lora.LoraWeights | None = None  # the adapter's weights on the batched path
     remote: VllmServer | None = None
     remote_model: str = BASE  # what to ask the vLLM server for: its own model, or an adapter's model id
-    remote_context: int | None = None
 
     @property
     def context_length(self) -> int | None:
-        return self.remote_context if self.remote is not None else self.entry.context_length
+        return (self.remote or self.entry).context_length
 
     @property
     def batched(self) -> bool:
@@ -186,16 +185,9 @@ class Engine:
     def _schedulers(self) -> list[Scheduler]:
         return [e.scheduler for e in list(self._models.values()) if e.scheduler is not None]
 
-    @contextlib.contextmanager
     def counted(self, attr: str):
         """self.<attr> counts this generation while the block runs (read by /metrics and /health/ready)."""
-        with self._count_lock:
-            setattr(self, attr, getattr(self, attr) + 1)
-        try:
-            yield
-        finally:
-            with self._count_lock:
-                setattr(self, attr, getattr(self, attr) - 1)
+        return counted(self, attr, self._count_lock)
 
     async def cpu_work(self, fn: Callable[..., R], *args: Any) -> R:
         """fn(*args) in a worker thread, off the event loop (see the module's notes)."""
@@ -240,27 +232,14 @@ class Engine:
         else:
             base = self.settings.base_models.get(target.base_id, target.source)
             server = self._server(f"base:{target.base_id}", base_path_for(resolve(base)))
-        tok, stops, ctx = server.tokenizer
         if target.kind != "adapter":
-            return Prepared(target, None, tok, stops, None, remote=server, remote_context=ctx)
-        folder = RunDir(target.run_dir).artifact("adapter")
-        reason = lora.unsupported(folder) or server.load_lora(target.id, folder)
-        if reason:
-            self._fall_back(f"adapter {target.id} is served here, serially, not by vLLM: {reason}")
+            return Prepared(target, None, server.tokenizer, server.stop_ids, None, remote=server)
+        adapter = server.load_lora(target.id, RunDir(target.run_dir).artifact("adapter"))
+        if isinstance(adapter, str):
+            self._fall_back(f"adapter {target.id} is served here, serially, not by vLLM: {adapter}")
             return None
-        adapter = server.adapters.get(target.id)
-        if adapter is None:
-            adapter = server.adapters[target.id] = load_tokenizer(str(folder))[0]
-        return Prepared(
-            target,
-            None,
-            adapter,
-            stop_token_ids(adapter),
-            None,
-            remote=server,
-            remote_model=target.id,
-            remote_context=ctx,
-        )
+        tok, stops = adapter
+        return Prepared(target, None, tok, stops, None, remote=server, remote_model=target.id)
 
     def _server(self, key: str, model_path: str) -> VllmServer:
         """The vLLM server of a base model or a full fine-tune, started on first use (and again if it died);
@@ -403,7 +382,6 @@ class Engine:
                 remote.close()
             for server in self._remote.values():
                 server.unload_lora(model_id)
-                server.adapters.pop(model_id, None)
             for entry in self._models.values():
                 adapter = entry.adapters.get(model_id)
                 if adapter is None:
@@ -436,20 +414,13 @@ class Engine:
         stops = set(prep.stop_ids or [prep.tokenizer.eos_token_id])
         choices = [ChoiceText(prep.tokenizer, i, stops, params.stop) for i in range(len(prompts) * n)]
         run = Run(choices)
-        if prep.remote is not None:
-            threading.Thread(
-                target=self._generate_remotely,
-                args=(prep, ticket, prompts, params, n, run, put, cancel),
-                daemon=True,
-                name="generate",
-            ).start()
-            return run
-        if not prep.batched:
+        if prep.remote is not None or not prep.batched:  # a thread of its own that hands on DONE or the error
             from tuneforge.serve.engine.serial import generate_serially
 
+            work = self._generate_remotely if prep.remote is not None else generate_serially
             threading.Thread(
-                target=generate_serially,
-                args=(self, prep, ticket, prompts, params, n, run, put, cancel),
+                target=_handed_over,
+                args=(put, work, self, prep, ticket, prompts, params, n, run, put, cancel),
                 daemon=True,
                 name="generate",
             ).start()
@@ -497,24 +468,22 @@ class Engine:
         )
         return run
 
-    def _generate_remotely(self, prep, ticket, prompts, params, n, run, put, cancel) -> None:
+    @staticmethod
+    def _generate_remotely(engine, prep, ticket, prompts, params, n, run, put, cancel) -> None:
         server = prep.remote
-        try:
-            with ticket, self.counted("remote_running"), server.busy():
-                server.generate(
-                    prep.remote_model,
-                    prompts,
-                    params,
-                    n,
-                    prep.stop_ids,
-                    run.choices,
-                    put,
-                    cancel,
-                    self.metrics,
-                )
-            put(DONE)
-        except BaseException as e:  # handed to the request, which reports it
-            put(e)
+        with ticket, engine.counted("remote_running"), server.busy():
+            server.generate(
+                prep.remote_model, prompts, params, n, prep.stop_ids, run.choices, put, cancel, engine.metrics
+            )
+
+
+def _handed_over(put: Callable[[Any], None], work: Callable[..., None], *args: Any) -> None:
+    """work(*args), then DONE to the request, or the error, which the request reports."""
+    try:
+        work(*args)
+        put(DONE)
+    except BaseException as e:
+        put(e)
 
 
 def _empty_cuda_cache() -> None:

@@ -6,15 +6,30 @@ name: the page is for the operator of the whole server and says nothing about an
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@contextlib.contextmanager
+def counted(owner: Any, attr: str, lock: threading.Lock) -> Iterator[None]:
+    """owner.<attr> counts this generation while the block runs (the engine's counts that /metrics and
+    /health/ready read, a vLLM server's generations in flight)."""
+    with lock:
+        setattr(owner, attr, getattr(owner, attr) + 1)
+    try:
+        yield
+    finally:
+        with lock:
+            setattr(owner, attr, getattr(owner, attr) - 1)
 
 
 class Metrics:

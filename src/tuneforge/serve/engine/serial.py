@@ -29,19 +29,13 @@ def generate_serially(
     put: Callable[[Any], None],
     cancel: threading.Event,
 ) -> None:
-    from tuneforge.serve.engine import DONE
-
     start = time.perf_counter()
-    try:
-        with ticket, contextlib.ExitStack() as held:
-            with engine.counted("serial_waiting"):
-                held.enter_context(engine._slots)
-                held.enter_context(prep.entry.lock)
-            with engine.counted("serial_running"):
-                _generate(prep, prompts, params, n, run, put, cancel, engine.metrics, start)
-        put(DONE)
-    except BaseException as e:  # handed to the request, which reports it
-        put(e)
+    with ticket, contextlib.ExitStack() as held:
+        with engine.counted("serial_waiting"):
+            held.enter_context(engine._slots)
+            held.enter_context(prep.entry.lock)
+        with engine.counted("serial_running"):
+            _generate(prep, prompts, params, n, run, put, cancel, engine.metrics, start)
 
 
 def _generate(prep, prompts, params, n, run, put, cancel, metrics, start) -> None:

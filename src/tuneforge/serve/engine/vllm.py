@@ -40,6 +40,8 @@ import httpx
 from tuneforge.eval.generate import ChoiceText, SamplingParams, TokenLogprob
 from tuneforge.models.load import load_tokenizer
 from tuneforge.models.templates import stop_token_ids
+from tuneforge.serve.engine import lora
+from tuneforge.serve.engine.metrics import counted
 from tuneforge.serve.errors import APIError
 from tuneforge.settings import Settings
 
@@ -55,13 +57,15 @@ class VllmServer:
 
     def __init__(self, key: str, model_path: str, settings: Settings, log_dir: Path):
         self.key, self.model_path, self.settings = key, model_path, settings
-        self.loras: dict[str, str | None] = {}  # model id → None (loaded) or why vLLM refused it
-        self.adapters: dict[str, Any] = {}  # model id → the adapter's own tokenizer (its chat template)
+        # model id → the adapter's own tokenizer and stop ids (its chat template), or why it is not served here
+        self.loras: dict[str, tuple[Any, list[int]] | str] = {}
         self.running = 0
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
-        tok, _ = load_tokenizer(model_path)  # prompts are rendered and tokenised here, as with every engine
-        self.tokenizer = (tok, stop_token_ids(tok), _context_length(model_path))
+        # prompts are rendered and tokenised here, as with every engine
+        self.tokenizer, _ = load_tokenizer(model_path)
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.context_length = _context_length(model_path)
         port = _free_port()
         # Nobody else on this machine can use the child's API. Hex: a urlsafe token may begin with "-", which
         # vLLM's argument parser takes for an option (it refused to start so, once in 64 starts).
@@ -159,30 +163,30 @@ class VllmServer:
             self.client.close()
         self._log.close()
 
-    @contextlib.contextmanager
     def busy(self):
         """Counts a generation in flight (a busy server is not stopped to make room for another)."""
-        with self._count_lock:
-            self.running += 1
-        try:
-            yield
-        finally:
-            with self._count_lock:
-                self.running -= 1
+        return counted(self, "running", self._count_lock)
 
     # ------------------------------------------------------------------------------------------- adapters
-    def load_lora(self, model_id: str, folder: Path) -> str | None:
-        """Load a LoRA adapter once; None when it serves, else vLLM's reason for refusing it."""
+    def load_lora(self, model_id: str, folder: Path) -> tuple[Any, list[int]] | str:
+        """Load an adapter once: its tokenizer and stop ids when it serves, else why not (not plain LoRA, so
+        vLLM is not asked; or vLLM's reason for refusing it)."""
         with self._lock:
             if model_id not in self.loras:
-                r = self._post("/v1/load_lora_adapter", {"lora_name": model_id, "lora_path": str(folder)})
-                reason = None if r.status_code == 200 or "already" in r.text else _message(r)
-                self.loras[model_id] = reason
+                reason = lora.unsupported(folder)
+                if reason is None:
+                    r = self._post("/v1/load_lora_adapter", {"lora_name": model_id, "lora_path": str(folder)})
+                    reason = None if r.status_code == 200 or "already" in r.text else _message(r)
+                if reason is None:
+                    tok, _ = load_tokenizer(str(folder))
+                    self.loras[model_id] = (tok, stop_token_ids(tok))
+                else:
+                    self.loras[model_id] = reason
             return self.loras[model_id]
 
     def unload_lora(self, model_id: str) -> None:
         with self._lock:
-            if self.loras.pop(model_id, "x") is None and self.alive:
+            if isinstance(self.loras.pop(model_id, ""), tuple) and self.alive:
                 with contextlib.suppress(httpx.HTTPError):
                     self.client.post("/v1/unload_lora_adapter", json={"lora_name": model_id})
 
