@@ -56,11 +56,12 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-def register(settings, adapters: dict[str, Path]) -> None:
+def register(settings, adapters: dict[str, Path], kinds: dict[str, str] | None = None) -> None:
+    """alice's fine-tuned models: LoRA (DoRA for DORA) unless `kinds` names another training type."""
     sessions = store.session_factory(store.engine_for(settings))
     with store.transaction(sessions) as s:
         for mid, run in adapters.items():
-            kind = "dora" if mid == DORA else "lora"
+            kind = (kinds or {}).get(mid, "dora" if mid == DORA else "lora")
             s.add(
                 FineTunedModel(
                     id=mid,

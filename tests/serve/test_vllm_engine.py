@@ -23,7 +23,6 @@ from tests.serve.test_batching import ADAPTERS, DORA, adapters, ask, make_adapte
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
 from tuneforge.jobs import store
-from tuneforge.jobs.store import FineTunedModel
 
 pytestmark = pytest.mark.timeout(300)
 FAKE = Path(__file__).with_name("fake_vllm.py")
@@ -60,20 +59,7 @@ def runs(adapters, tiny_base, tmp_path_factory) -> dict[str, Path]:  # noqa: F81
 def srv(tmp_path_factory, tiny_base, runs):
     tmp = tmp_path_factory.mktemp("vllm")
     settings = _settings(tmp, tiny_base, tmp / "record.jsonl")
-    register(settings, {k: v for k, v in runs.items() if k != FULL})
-    sessions = store.session_factory(store.engine_for(settings))
-    with store.transaction(sessions) as s:
-        s.add(
-            FineTunedModel(
-                id=FULL,
-                owner="alice",
-                base="tiny",
-                job_id="-",
-                run_dir=str(runs[FULL]),
-                training_type="full",
-                created_at=0,
-            )
-        )
+    register(settings, runs, kinds={FULL: "full"})
     with live_server(settings) as server:
         server.record = tmp / "record.jsonl"
         yield server
