@@ -252,6 +252,8 @@ def make_engine(
 
 def init_db(engine: Engine) -> None:
     # create_all adds the tables a database lacks (checkfirst): a database made before exports gets `exports`.
+    from tuneforge.jobs import feedback  # noqa: F401  (registers the feedback loop's tables on Base)
+
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)
 

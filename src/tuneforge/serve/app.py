@@ -15,7 +15,18 @@ from tuneforge.jobs import store
 from tuneforge.serve import errors
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.limits import BodyLimits
-from tuneforge.serve.routes import chat, exports, files, fine_tuning, health, metrics, models
+from tuneforge.serve.routes import (
+    chat,
+    deployments,
+    exports,
+    feedback,
+    files,
+    fine_tuning,
+    health,
+    metrics,
+    models,
+    stored,
+)
 from tuneforge.settings import Settings
 
 DESCRIPTION = """OpenAI-compatible fine-tuning and inference on your own machine.
@@ -55,6 +66,21 @@ def create_app(settings: Settings) -> FastAPI:
                 "by a worker, then downloaded.",
             },
             {"name": "inference", "description": "Chat and text completions, streamed or whole."},
+            {
+                "name": "stored completions",
+                "description": "Chat completions kept with `store: true` (or by a deployment that stores), as "
+                "OpenAI's stored-completions API has them.",
+            },
+            {
+                "name": "feedback",
+                "description": "tuneforge: thumbs, scores, corrections and comments on stored completions, and "
+                "KTO / DPO / SFT training files made from them.",
+            },
+            {
+                "name": "deployments",
+                "description": "tuneforge: a named alias that splits traffic between model versions (sticky per "
+                "user, with an optional shadow), and its per-arm figures.",
+            },
             {"name": "health", "description": "Liveness (no key) and readiness (per tenant)."},
         ],
     )
@@ -70,6 +96,9 @@ def create_app(settings: Settings) -> FastAPI:
         exports.router,
         models.router,
         chat.router,
+        stored.router,
+        feedback.router,
+        deployments.router,
         health.router,
         metrics.router,
     ):

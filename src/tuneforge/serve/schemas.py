@@ -741,6 +741,14 @@ class ChatCompletionRequest(SamplingIn):
     def logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    store: StrictBool = Field(
+        False,
+        description="Keep the request and the answer (per tenant) for GET /v1/chat/completions, feedback and "
+        "datasets made from it. Nothing is kept otherwise, unless the model is a deployment that stores.",
+    )
+    metadata: Metadata | None = Field(
+        None, description="Up to 16 string pairs kept with a stored completion (filter the list by them)."
+    )
     max_tokens: GeneratedTokens | None = Field(
         None, description="Deprecated by OpenAI; max_completion_tokens wins. At least 1."
     )
@@ -810,6 +818,7 @@ class ChatCompletion(Response):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    metadata: dict[str, str] | None = Field(None, description="A stored completion's metadata.")
 
 
 class ChunkDelta(Response):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from tuneforge.data.schema import Message
 from tuneforge.data.tokenize import prompt_text
 from tuneforge.eval.generate import Piece, SamplingParams, TokenLogprob
+from tuneforge.jobs import feedback as fb
 from tuneforge.serve.auth import TenantOnly
 from tuneforge.serve.deps import EngineDep, SettingsDep, db_session
 from tuneforge.serve.engine import DONE, Engine, Prepared, Target, Ticket
@@ -41,6 +43,8 @@ from tuneforge.serve.schemas import (
 from tuneforge.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+log = logging.getLogger("tuneforge.serve")
+_BACKGROUND: set[asyncio.Task] = set()  # shadow generations under way (a task nobody holds may be collected)
 
 
 def _sse_doc(model: type) -> dict:
@@ -66,16 +70,20 @@ async def chat_completions(
     _check_choices(settings, body.n, 1)
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value")
+    started = time.monotonic()
     gen = await _start(request, body, settings, engine, owner, _chat_prompt)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    after = _Afterwards(request, body, settings, engine, owner, gen, rid, created, started, chat=True)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(_chat_chunks(gen, rid, created, body.model, usage))
+        return _sse(_chat_chunks(gen, rid, created, after.model, usage, after))
     texts, finish, logprobs, usage_ = await gen.collect()
+    await after.done(texts, finish, usage_)
     return {
         "id": rid,
         "created": created,
-        "model": body.model,
+        "model": after.model,
+        "metadata": body.metadata if after.stores else None,
         "choices": [
             {
                 "index": i,
@@ -89,7 +97,9 @@ async def chat_completions(
     }
 
 
-async def _chat_chunks(gen: _Generation, rid: str, created: int, model: str, include_usage: bool):
+async def _chat_chunks(
+    gen: _Generation, rid: str, created: int, model: str, include_usage: bool, after: _Afterwards
+):
     def chunk(choices: list[dict], usage: dict | None = None) -> dict:
         return {
             "id": rid,
@@ -101,9 +111,12 @@ async def _chat_chunks(gen: _Generation, rid: str, created: int, model: str, inc
             "usage": usage,
         }
 
+    texts, finish = [""] * gen.n_choices, ["length"] * gen.n_choices
     for i in range(gen.n_choices):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     async for piece in gen.pieces():
+        texts[piece.index] += piece.text
+        finish[piece.index] = piece.finish_reason or finish[piece.index]
         if piece.text or piece.logprobs:
             delta = {"index": piece.index, "delta": {"content": piece.text}, "finish_reason": None}
             if gen.logprobs:
@@ -111,6 +124,7 @@ async def _chat_chunks(gen: _Generation, rid: str, created: int, model: str, inc
             yield chunk([delta])
         if piece.finish_reason:
             yield chunk([{"index": piece.index, "delta": {}, "finish_reason": piece.finish_reason}])
+    await after.done(texts, finish, gen.usage())
     if include_usage:
         yield chunk([], gen.usage())
 
@@ -129,17 +143,20 @@ async def completions(
     if not prompts or any(not p for p in prompts):
         raise bad_request("The prompt is empty.", "prompt")
     _check_choices(settings, body.n, len(prompts))
+    started = time.monotonic()
     gen = await _start(request, body, settings, engine, owner, _completion_prompts)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    after = _Afterwards(request, body, settings, engine, owner, gen, rid, created, started, chat=False)
     echo = [prompts[i // body.n] if body.echo else "" for i in range(gen.n_choices)]
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(_completion_chunks(gen, rid, created, body.model, usage, echo))
+        return _sse(_completion_chunks(gen, rid, created, after.model, usage, echo, after))
     texts, finish, logprobs, usage_ = await gen.collect()
+    await after.done(texts, finish, usage_)
     return {
         "id": rid,
         "created": created,
-        "model": body.model,
+        "model": after.model,
         "choices": [
             {
                 "index": i,
@@ -153,7 +170,9 @@ async def completions(
     }
 
 
-async def _completion_chunks(gen: _Generation, rid: str, created: int, model: str, include_usage: bool, echo):
+async def _completion_chunks(
+    gen: _Generation, rid: str, created: int, model: str, include_usage: bool, echo, after: _Afterwards
+):
     def chunk(choices: list[dict], usage: dict | None = None) -> dict:
         return {
             "id": rid,
@@ -183,6 +202,7 @@ async def _completion_chunks(gen: _Generation, rid: str, created: int, model: st
                     }
                 ]
             )
+    await after.done([], [], gen.usage())
     if include_usage:
         yield chunk([], gen.usage())
 
@@ -215,24 +235,136 @@ Work = Callable[[Any, Prepared, Settings], tuple[list[list[int]], SamplingParams
 
 
 async def _start(
-    request: Request, body: SamplingIn, settings: Settings, engine: Engine, owner: str, work: Work
+    request: Request,
+    body: SamplingIn,
+    settings: Settings,
+    engine: Engine,
+    owner: str,
+    work: Work,
+    target: Target | None = None,
 ) -> _Generation:
-    """Look the model up, take a place in the queue, then load it and render and tokenise the prompt — in that
-    order, so that an overloaded server refuses at once, before it does a request's expensive work."""
-    target = await run_in_threadpool(_lookup, request, settings, owner, body.model)
+    """Look the model up (a deployment picks one of its versions), take a place in the queue, then load it and
+    render and tokenise the prompt — in that order, so that an overloaded server refuses at once, before it does
+    a request's expensive work."""
+    route = None
+    if target is None:
+        target, route = await run_in_threadpool(_lookup, request, settings, owner, body.model, body.user)
     ticket = engine.admit()
     try:
         prep = await run_in_threadpool(engine.prepare, target)
         prompts, params = await engine.cpu_work(work, body, prep, settings)
-        return _Generation(engine, prep, ticket, prompts, params, body.n)
+        return _Generation(engine, prep, ticket, prompts, params, body.n, route)
     except BaseException:  # refused (context length, template) or cancelled: give the place back
         ticket.close()
         raise
 
 
-def _lookup(request: Request, settings: Settings, owner: str, model: str) -> Target:
+def _lookup(
+    request: Request, settings: Settings, owner: str, model: str, user: str | None
+) -> tuple[Target, fb.Route | None]:
     with db_session(request) as session:  # closed before the generation starts
+        deployment = None if model in settings.base_models else fb.get_deployment(session, owner, model)
+        if deployment is None:
+            return resolve_target(session, settings, owner, model), None
+        route = fb.route(deployment, user)
+        try:
+            return resolve_target(session, settings, owner, route.model), route
+        except APIError:
+            raise APIError(
+                404,
+                f"Deployment {model!r} routes to {route.model!r}, which no longer exists: change its arms "
+                f"(POST /v1/deployments/{model}).",
+                param="model",
+                code="model_not_found",
+            ) from None
+
+
+def _target_of(request: Request, settings: Settings, owner: str, model: str) -> Target:
+    with db_session(request) as session:
         return resolve_target(session, settings, owner, model)
+
+
+class _Afterwards:
+    """What happens once a request's answer is complete: the routing log (for a deployment's figures), the
+    stored completion (`store: true`, or a deployment that stores), and the shadow model's answer."""
+
+    def __init__(self, request, body, settings, engine, owner, gen, rid, created, started, *, chat: bool):
+        self.request, self.body, self.settings, self.engine, self.owner = (
+            request,
+            body,
+            settings,
+            engine,
+            owner,
+        )
+        self.route: fb.Route | None = gen.route
+        self.rid, self.created, self.started, self.chat = rid, created, started, chat
+        # a deployment answers under the version's own id, so the client knows which one answered
+        self.model = gen.target.id if self.route else body.model
+        self.stores = chat and (body.store or bool(self.route and self.route.store))
+
+    async def done(self, texts: list[str], finish: list[str], usage: dict) -> None:
+        latency = (time.monotonic() - self.started) * 1000
+        if self.stores or self.route:
+            await run_in_threadpool(self._write, self.rid, self.model, texts, finish, usage, latency, None)
+        shadow = self.route.shadow if self.route and self.chat else None
+        if shadow and shadow != self.model:
+            task = asyncio.create_task(self._shadow(shadow))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    def _write(self, rid, model, texts, finish, usage, latency, shadow_of) -> None:
+        body = self.body
+        with db_session(self.request) as s:
+            if self.stores or shadow_of:
+                s.add(
+                    fb.StoredCompletion(
+                        id=rid,
+                        owner=self.owner,
+                        model=model,
+                        requested=body.model,
+                        deployment=self.route.deployment if self.route else None,
+                        shadow_of=shadow_of,
+                        user=body.user,
+                        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+                        params=body.model_dump(
+                            exclude={"model", "messages", "metadata", "store", "user"}, exclude_none=True
+                        ),
+                        choices=[
+                            {"message": {"role": "assistant", "content": t}, "finish_reason": f}
+                            for t, f in zip(texts, finish, strict=True)
+                        ],
+                        usage=usage,
+                        metadata_=body.metadata,
+                        latency_ms=latency,
+                        created_at=self.created,
+                    )
+                )
+            if self.route:
+                stored = rid if (self.stores or shadow_of) else None
+                fb.record_request(
+                    s, self.owner, self.route, model, shadow_of is not None, body.user, stored, latency, usage
+                )
+            s.commit()
+
+    async def _shadow(self, model: str) -> None:
+        """The candidate answers the same request; its answer is stored beside the primary one, never sent."""
+        started = time.monotonic()
+        body = self.body.model_copy(update={"stream": False, "logprobs": False, "top_logprobs": None})
+        try:
+            target = await run_in_threadpool(_target_of, self.request, self.settings, self.owner, model)
+            gen = await _start(
+                self.request, body, self.settings, self.engine, self.owner, _chat_prompt, target
+            )
+            texts, finish, _, usage = await gen.collect()
+            latency = (time.monotonic() - started) * 1000
+            rid = f"chatcmpl-{uuid.uuid4().hex}"
+            await run_in_threadpool(self._write, rid, model, texts, finish, usage, latency, self.rid)
+        except (
+            APIError
+        ) as e:  # overloaded (429), the shadow model gone, its context too short: no shadow answer
+            log.warning("shadow answer of %s by %s skipped: %s", self.rid, model, e.message)
+        except Exception:
+            log.exception("shadow answer of %s by %s failed", self.rid, model)
 
 
 def _chat_prompt(
@@ -346,7 +478,9 @@ class _Generation:
         prompts: list[list[int]],
         params: SamplingParams,
         n: int,
+        route: fb.Route | None = None,
     ):
+        self.target, self.route = prep.target, route
         self.prompts = prompts
         self.n_choices = len(prompts) * n
         self.tokenizer = prep.tokenizer
