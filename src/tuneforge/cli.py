@@ -642,6 +642,95 @@ def leakage(
 # ------------------------------------------------------------------------------- end of experiments (issue 6)
 
 
+# ----------------------------------------------------------------------------------------- feedback loop
+feedback_app = typer.Typer(
+    help="After deployment: a deployment's per-arm figures, and training files from users' feedback.",
+    no_args_is_help=True,
+)
+app.add_typer(feedback_app, name="feedback")
+TenantOpt = Annotated[str, typer.Option(help="The tenant (the owner of the API key that made the data).")]
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Option(help="Folder for kto.jsonl, dpo.jsonl and sft.jsonl.")],
+    tenant: TenantOpt,
+    deployment: Annotated[str | None, typer.Option(help="Only what this deployment routed.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only what this model answered.")] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    env_file: EnvFileOpt = None,
+) -> None:
+    """Turn stored completions and their feedback into KTO rows (thumbs), DPO pairs (corrections, and answers to
+    one prompt rated apart) and SFT rows (corrections, answers rated up); says what was skipped and why."""
+    from tuneforge import api
+    from tuneforge.settings import load_settings
+
+    settings = load_settings(env_file, data_dir=data_dir, database_url=database_url)
+    got = api.feedback_datasets(settings, tenant, out, deployment=deployment, model=model)
+    console = _console()
+    counts = got["counts"]
+    for kind in ("kto", "dpo", "sft"):
+        where = got["files"].get(kind, "(none)")
+        console.print(f"{kind}: {counts[kind]} rows → {where}")
+    for why, n in sorted(counts["used"].items()):
+        console.print(f"  used    {n:5d}  {why}")
+    for why, n in sorted(counts["skipped"].items()):
+        console.print(f"  skipped {n:5d}  {why}")
+
+
+@feedback_app.command("stats")
+def feedback_stats(
+    deployment: Annotated[str, typer.Argument(help="The deployment's name.")],
+    tenant: TenantOpt,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    env_file: EnvFileOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Per arm: requests, latency, thumbs-up rate with its 95% interval, mean score; and the test between arms."""
+    from tuneforge import api
+    from tuneforge.settings import load_settings
+
+    stats = api.deployment_figures(
+        load_settings(env_file, data_dir=data_dir, database_url=database_url), tenant, deployment
+    )
+    if json_out:
+        import json
+
+        print(json.dumps(stats, indent=1))
+        return
+    print_deployment_stats(stats, _console())
+
+
+def print_deployment_stats(stats: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"deployment {stats['name']}")
+    for col in ("arm", "weight", "requests", "p50 ms", "ratings", "up rate", "95% CI", "mean score"):
+        table.add_column(col)
+    for a in stats["arms"]:
+        rate = "-" if a["up_rate"] is None else f"{a['up_rate']:.1%}"
+        lo, hi = a["up_rate_ci95"]
+        table.add_row(
+            a["model"] + (" (shadow)" if a["shadow"] else ""),
+            f"{a['weight']:.0%}",
+            str(a["requests"]),
+            "-" if a["latency_ms_p50"] is None else f"{a['latency_ms_p50']:.0f}",
+            str(a["ratings"]),
+            rate,
+            f"{lo:.1%}-{hi:.1%}",
+            "-" if a["mean_score"] is None else f"{a['mean_score']:.2f}",
+        )
+    console.print(table)
+    for c in stats["comparisons"]:
+        diff = "-" if c["difference"] is None else f"{c['difference']:+.1%}"
+        console.print(
+            f"{c['model']} vs {c['control']}: {diff}, z={c['z']:.2f}, p={c['p_value']:.4f} → {c['verdict']}"
+        )
+    console.print(f"[dim]{stats['test']}[/]")
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     import warnings

@@ -240,7 +240,7 @@ def test_tenants_see_only_their_own(srv):
 
 
 # --------------------------------------------------------------------------------- datasets from feedback
-def test_datasets_from_feedback(srv):
+def test_datasets_from_feedback(srv, tmp_path):
     post(srv, "/deployments", {"name": "rated", "arms": [{"model": A}, {"model": B}], "store": True})
     answers = {}
     for u in range(12):
@@ -267,3 +267,38 @@ def test_datasets_from_feedback(srv):
     dpo = [json.loads(line) for line in c.files.content(got["files"]["dpo"]).text.splitlines()]
     assert any(r["preferred_output"][0]["content"] == "The right answer." for r in dpo)
     assert c.files.retrieve(got["files"]["sft"]).purpose == "fine-tune"
+    cli_does_what_the_api_does(srv, tmp_path)
+
+
+def cli_does_what_the_api_does(srv, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    data = str(srv.app.state.settings.data_dir)
+    run = CliRunner().invoke(
+        app,
+        [
+            "feedback",
+            "export",
+            "--tenant",
+            "alice",
+            "--deployment",
+            "rated",
+            "--out",
+            str(tmp_path),
+            "--data-dir",
+            data,
+        ],
+    )
+    assert run.exit_code == 0, run.output
+    api_counts = post(srv, "/feedback/datasets", {"deployment": "rated"})["counts"]
+    assert f"kto: {api_counts['kto']} rows" in run.output
+    assert len((tmp_path / "kto.jsonl").read_text().splitlines()) == api_counts["kto"]
+    run = CliRunner().invoke(
+        app, ["feedback", "stats", "rated", "--tenant", "alice", "--json", "--data-dir", data]
+    )
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.output) | {"object": "deployment.stats"} == get(srv, "/deployments/rated/stats")
+    run = CliRunner().invoke(app, ["feedback", "stats", "nope", "--tenant", "alice", "--data-dir", data])
+    assert run.exit_code != 0

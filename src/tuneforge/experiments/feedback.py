@@ -167,6 +167,27 @@ def compare_arms(figures: Sequence[ArmFigures], alpha: float = ALPHA) -> list[Ar
     return out
 
 
+TEST = (
+    f"two-sided two-proportion z-test of each arm's thumbs-up rate against the first arm (pooled rate); a "
+    f"difference is called when p < {ALPHA} and each arm has at least {MIN_EACH} ratings up and {MIN_EACH} down"
+)
+
+
+def deployment_stats(
+    name: str, arms: Sequence[dict[str, Any]], shadow: str | None, requests: Sequence[Any], feedback: dict
+) -> dict[str, Any]:
+    """A deployment's figures as the API and the CLI show them."""
+    from dataclasses import asdict
+
+    figures = arm_figures(arms, shadow, requests, feedback)
+    return {
+        "name": name,
+        "test": TEST,
+        "arms": [asdict(f) for f in figures],
+        "comparisons": [asdict(c) for c in compare_arms(figures)],
+    }
+
+
 # --------------------------------------------------------------------------------------------- datasets
 @dataclass
 class FeedbackDatasets:

@@ -259,3 +259,11 @@ def answers(
         )
         for r in rows
     ]
+
+
+def stats_inputs(
+    s: Session, owner: str, d: Deployment
+) -> tuple[list[RoutedRequest], dict[str, list[Feedback]]]:
+    """A deployment's routing log and the feedback on the answers it stored."""
+    requests = routed_requests(s, owner, d.name)
+    return requests, feedback_for(s, owner, sorted({r.completion_id for r in requests if r.completion_id}))

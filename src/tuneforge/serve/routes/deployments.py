@@ -4,12 +4,10 @@ only stored; weights changed or a version promoted with one call; per-arm figure
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from tuneforge.experiments.feedback import ALPHA, MIN_EACH, arm_figures, compare_arms
+from tuneforge.experiments.feedback import deployment_stats
 from tuneforge.jobs import feedback as fb
 from tuneforge.jobs import store
 from tuneforge.jobs.feedback import Deployment
@@ -28,10 +26,6 @@ from tuneforge.serve.schemas_feedback import (
 )
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
-TEST = (
-    f"two-sided two-proportion z-test of each arm's thumbs-up rate against the first arm (pooled rate); a "
-    f"difference is called when p < {ALPHA} and each arm has at least {MIN_EACH} ratings up and {MIN_EACH} down"
-)
 
 
 def get_deployment(session, owner: str, name: str) -> Deployment:
@@ -153,12 +147,4 @@ def delete(name: str, session: SessionDep, owner: Tenant) -> dict:
 )
 def stats(name: str, session: SessionDep, owner: Tenant) -> dict:
     row = get_deployment(session, owner, name)
-    requests = fb.routed_requests(session, owner, name)
-    verdicts = fb.feedback_for(session, owner, sorted({r.completion_id for r in requests if r.completion_id}))
-    figures = arm_figures(row.arms, row.shadow, requests, verdicts)
-    return {
-        "name": name,
-        "test": TEST,
-        "arms": [asdict(f) for f in figures],
-        "comparisons": [asdict(c) for c in compare_arms(figures)],
-    }
+    return deployment_stats(name, row.arms, row.shadow, *fb.stats_inputs(session, owner, row))
