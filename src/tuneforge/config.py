@@ -211,20 +211,41 @@ def method_section(value: Any) -> MethodConfig:
 
 # --------------------------------------------------------------------------------------------- objective
 class ObjectiveConfig(Section):
-    """What the loss rewards: supervised answers (sft) or preferences between two answers (dpo, orpo)."""
+    """What the loss rewards: supervised answers (sft), preferences between two answers (dpo, orpo), or answers
+    judged one at a time as desirable or not (kto)."""
 
-    name: Literal["sft", "dpo", "orpo"] = Field(
+    name: Literal["sft", "dpo", "orpo", "kto"] = Field(
         "sft",
         description="`sft`: cross-entropy on the answer tokens. `dpo` (Rafailov et al. 2023): prefer `chosen` "
         "over `rejected` relative to the base model (= the same weights with adapters off; needs an adapter "
-        "method). `orpo` (Hong et al. 2024): SFT on `chosen` plus an odds-ratio penalty; no reference model.",
+        "method). `orpo` (Hong et al. 2024): SFT on `chosen` plus an odds-ratio penalty; no reference model. "
+        "`kto` (Ethayarajh et al. 2024): answers labelled desirable or not (`label: true/false`), no pairs "
+        "needed (a pair counts as one of each); relative to the base model like dpo (needs an adapter method).",
     )
     beta: float = Field(
         0.1,
         gt=0,
-        description="dpo: strength of the pull towards the reference (higher stays closer). orpo: weight "
+        description="dpo, kto: strength of the pull towards the reference (higher stays closer). orpo: weight "
         "lambda of the odds-ratio term.",
     )
+    desirable_weight: float = Field(
+        1.0,
+        gt=0,
+        description="kto: weight of the loss on desirable answers. The KTO paper recommends desirable_weight x "
+        "desirable answers / (undesirable_weight x undesirable answers) between 1 and 4/3; training warns when "
+        "the data is well outside that, with the weights to set.",
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of the loss on undesirable answers (see desirable_weight)."
+    )
+
+    @model_validator(mode="after")
+    def _kto_weights(self) -> ObjectiveConfig:
+        if self.name != "kto" and (self.desirable_weight != 1 or self.undesirable_weight != 1):
+            raise ValueError(
+                f"objective.desirable_weight and undesirable_weight apply to objective kto, not {self.name}"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------------- forgetting

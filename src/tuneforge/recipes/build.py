@@ -111,23 +111,35 @@ def check(cfg: RunConfig) -> None:
 def check_objective(cfg: RunConfig) -> None:
     o, f = cfg.objective, cfg.forgetting
     adapters = registry.get(cfg.method.name).artifact == "adapter"
-    if o.name in ("dpo", "orpo"):
+    if o.name in ("dpo", "orpo", "kto"):
         if cfg.data.format not in ("auto", "preference"):
+            kto = o.name == "kto"
+            what = "answers labelled desirable or not" if kto else "preference pairs"
+            give = (
+                "messages (or prompt/completion) with label true/false, or prompt/chosen/rejected pairs"
+                if kto
+                else "prompt/chosen/rejected"
+            )
             raise ValueError(
-                f"objective {o.name} learns from preference pairs but data.format is {cfg.data.format}: give "
-                "records with prompt/chosen/rejected (data.format: preference), or use objective sft"
+                f"objective {o.name} learns from {what} but data.format is {cfg.data.format}: give records with "
+                f"{give} (data.format: preference), or use objective sft"
             )
         if cfg.train.packing:
             raise ValueError(f"objective {o.name} compares whole answers: set train.packing to false")
         if f.replay > 0 or f.distill > 0:
             raise ValueError(
                 f"forgetting.replay and forgetting.distill work with objective sft; with {o.name} use "
-                "forgetting.ewc (dpo's beta already keeps the model near its reference)"
+                "forgetting.ewc (dpo's and kto's beta already keeps the model near its reference)"
             )
-        if o.name == "dpo" and not adapters:
+        if o.name in ("dpo", "kto") and not adapters:
+            other = (
+                "objective orpo (no reference model)"
+                if o.name == "dpo"
+                else "objective sft on the desirable answers (no reference model)"
+            )
             raise ValueError(
-                f"objective dpo takes its reference from the base model with adapters off, and method "
-                f"{cfg.method.name} has none: use method lora, or objective orpo (no reference model)"
+                f"objective {o.name} takes its reference from the base model with adapters off, and method "
+                f"{cfg.method.name} has none: use method lora, or {other}"
             )
     if f.distill > 0 and not adapters:
         raise ValueError(

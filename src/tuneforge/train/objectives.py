@@ -1,7 +1,8 @@
 """Training objectives: what the loop minimises, and how examples become the items it trains on.
 
 SFT (cross-entropy on the answer tokens through ops/lm_loss.py) is the default; preference objectives (DPO, ORPO:
-train/preference.py) and the forgetting mitigations (distillation: train/forgetting.py) are others.
+train/preference.py; KTO: train/kto.py) and the forgetting mitigations (distillation: train/forgetting.py) are
+others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tuneforge.ops.lm_loss import weighted_lm_loss
 # ------------------------------------------------------------------------------------------------ objectives
 # The loop trains whatever an Objective says: it turns examples into training items, items into batches, and
 # batches into a summed loss with its normaliser. SFT is the default and calls weighted_lm_loss unchanged;
-# preference objectives (train/preference.py) and the forgetting mitigations (train/forgetting.py) are others.
+# preference objectives (train/preference.py, train/kto.py) and the forgetting mitigations (train/forgetting.py) are
+# others.
 @dataclass
 class StepLoss:
     loss_sum: torch.Tensor  # summed over the batch's units (target tokens, or pairs); keeps the graph
@@ -34,7 +36,7 @@ class Objective:
 
     name = "sft"
     accuracy = "token_accuracy"  # the name under which `correct / norm` is logged
-    pairs = False  # training items are (chosen, rejected) pairs
+    pairs = False  # training items are (chosen, rejected) pairs: two trained rows each
     perplexity = True  # validation reports exp(loss) (meaningless for a preference or a classification loss)
 
     def tokenize(self, examples, tok, data_cfg, labels, split):
@@ -60,15 +62,20 @@ class Objective:
 
 
 def build_objective(cfg: RunConfig) -> Objective:
-    """The language-model run's objective: SFT, DPO or ORPO (`objective.name`); with `forgetting.distill`, SFT plus a
-    KL term towards the base model (train/forgetting.py; recipes/build.py allows distillation with SFT only)."""
-    name = cfg.objective.name
+    """The language-model run's objective: SFT, DPO, ORPO or KTO (`objective.name`); with `forgetting.distill`, SFT
+    plus a KL term towards the base model (train/forgetting.py; recipes/build.py allows distillation with SFT only)."""
+    o = cfg.objective
+    name = o.name
     if name == "sft":
         obj: Objective = Objective()
+    elif name == "kto":
+        from tuneforge.train.kto import KTO
+
+        obj = KTO(o.beta, o.desirable_weight, o.undesirable_weight)
     else:
         from tuneforge.train.preference import DPO, ORPO
 
-        obj = {"dpo": DPO, "orpo": ORPO}[name](cfg.objective.beta)
+        obj = {"dpo": DPO, "orpo": ORPO}[name](o.beta)
     if cfg.forgetting.distill > 0:
         from tuneforge.train.forgetting import Distill
 
