@@ -12,6 +12,7 @@ api.deployment_figures(settings, "alice", "tickets-prod")  # per-arm figures and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "saved_splits",
     "deployment_figures",
     "feedback_datasets",
+    "tune_from_feedback",
     "train",
 ]
 
@@ -71,6 +73,112 @@ def deployment_figures(settings: Any, owner: str, name: str) -> dict[str, Any]:
                 f"tenant {owner!r} has no deployment {name!r}", "list them: GET /v1/deployments"
             )
         return deployment_stats(name, d.arms, d.shadow, *fb.stats_inputs(s, owner, d))
+
+
+def tune_from_feedback(
+    settings: Any,
+    owner: str,
+    deployment: str,
+    out: str | Path,
+    *,
+    canary: float = 0.1,
+    objective: str = "auto",
+    tolerance: float = 2.0,
+    forgetting_tolerance: float = 10.0,
+    sets: list[str] | None = None,
+) -> dict[str, Any]:
+    """The deployment's current version (its first arm) trained on its feedback, gated against it on the held-out
+    set, and — only if the gate passes — added to the deployment as a canary taking `canary` of the traffic. The
+    gate's record (numbers, decision, canary) is returned, written to OUT/gate.json and kept in the deployment's
+    history."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.experiments.feedback_tune import tune_from_feedback as tune
+    from tuneforge.jobs import feedback as fb
+    from tuneforge.jobs import store
+
+    out = Path(out)
+    with _store_session(settings) as s:
+        d = fb.get_deployment(s, owner, deployment)
+        if d is None:
+            raise TuneforgeError(
+                f"tenant {owner!r} has no deployment {deployment!r}", "list them: GET /v1/deployments"
+            )
+        current = s.scalar(
+            select(store.FineTunedModel).where(
+                store.FineTunedModel.id == d.arms[0]["model"], store.FineTunedModel.owner == owner
+            )
+        )
+        if current is None:
+            raise TuneforgeError(
+                f"the first arm of {deployment!r} ({d.arms[0]['model']}) is a base model, not a fine-tuned one",
+                "put the version in production first in the deployment's arms",
+            )
+        current_id, base, run_dir = current.id, current.base, current.run_dir
+    files = {
+        k: Path(v)
+        for k, v in feedback_datasets(settings, owner, out / "feedback", deployment=deployment)[
+            "files"
+        ].items()
+    }
+    record = tune(
+        Path(run_dir),
+        files,
+        out,
+        objective=objective,
+        tolerance=tolerance,
+        forgetting_tolerance=forgetting_tolerance,
+        sets=sets,
+    )
+    record["current_model"] = current_id
+    if record["passed"]:
+        with _store_session(settings) as s, s.begin():
+            model_id = f"ft:{base}:{owner}:{deployment}-fb-{uuid.uuid4().hex[:8]}"
+            s.add(
+                store.FineTunedModel(
+                    id=model_id,
+                    owner=owner,
+                    base=base,
+                    job_id="feedback",
+                    run_dir=str((out / "candidate").resolve()),
+                    training_type="lora",
+                    created_at=int(store.now()),
+                )
+            )
+            d = fb.get_deployment(s, owner, deployment)
+            total = sum(a["weight"] for a in d.arms)
+            weight = total * canary / (1 - canary)  # its share of the new total is `canary`
+            d.arms = [*d.arms, {"model": model_id, "weight": weight}]
+            record["canary"] = {"model": model_id, "share": canary}
+            d.updated_at = int(store.now())
+            d.history = [
+                *d.history,
+                {
+                    "at": d.updated_at,
+                    "arms": d.arms,
+                    "shadow": d.shadow,
+                    "why": f"gate passed: canary {model_id}",
+                    "gate": record,
+                },
+            ]
+    else:
+        with _store_session(settings) as s, s.begin():
+            d = fb.get_deployment(s, owner, deployment)
+            d.history = [
+                *d.history,
+                {
+                    "at": int(store.now()),
+                    "arms": d.arms,
+                    "shadow": d.shadow,
+                    "why": "gate refused the candidate",
+                    "gate": record,
+                },
+            ]
+    (out / "gate.json").write_text(json.dumps(record, indent=1))
+    return record
 
 
 def _store_session(settings: Any):

@@ -703,6 +703,51 @@ def feedback_stats(
     print_deployment_stats(stats, _console())
 
 
+@feedback_app.command("tune")
+def feedback_tune(
+    deployment: Annotated[str, typer.Argument(help="The deployment whose first arm is the current version.")],
+    tenant: TenantOpt,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the feedback files, the candidate run and gate.json.")
+    ],
+    canary: Annotated[
+        float, typer.Option(help="Share of the traffic a passed candidate gets.", min=0.001, max=0.5)
+    ] = 0.1,
+    objective: Annotated[
+        str, typer.Option(help="auto (DPO with enough pairs, else KTO), kto, dpo or sft.")
+    ] = "auto",
+    tolerance: Annotated[float, typer.Option(help="Points of the task metric the candidate may lose.")] = 2.0,
+    forgetting_tolerance: Annotated[float, typer.Option(help="% rise of general perplexity allowed.")] = 10.0,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    env_file: EnvFileOpt = None,
+) -> None:
+    """Export the deployment's feedback, train its current version on it, compare the candidate with the current
+    version on the held-out set, and add it as a canary only if it is not worse beyond the tolerances."""
+    from tuneforge import api
+    from tuneforge.settings import load_settings
+
+    settings = load_settings(env_file, data_dir=data_dir, database_url=database_url)
+    record = api.tune_from_feedback(
+        settings,
+        tenant,
+        deployment,
+        out,
+        canary=canary,
+        objective=objective,
+        tolerance=tolerance,
+        forgetting_tolerance=forgetting_tolerance,
+        sets=set_,
+    )
+    if record["passed"]:
+        _console().print(f"canary {record['canary']['model']} takes {canary:.0%} of {deployment}'s traffic")
+    else:
+        raise TuneforgeError(
+            f"the gate refused the candidate: {'; '.join(record['reasons'])}", f"see {out}/gate.json"
+        )
+
+
 def print_deployment_stats(stats: dict, console) -> None:
     from rich.table import Table
 

@@ -170,6 +170,12 @@ class ModelConfig(Section):
         description="Base model: a registry alias (`tuneforge models`), a local directory, or a Hugging Face id.",
     )
     revision: str | None = Field(None, description="Hugging Face revision (branch, tag or commit).")
+    adapter: str | None = Field(
+        None,
+        description="Continue training this trained adapter (a run folder, or a PEFT adapter folder) instead of a "
+        "fresh one: the next version of a tuned model, e.g. on its users' feedback (`tuneforge feedback tune`). "
+        "It keeps its own rank and target modules; the method must be an adapter method.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype on load. `auto`: float32 on CPU, bfloat16 on GPUs that support it."
     )

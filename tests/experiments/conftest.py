@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import capitals_records, tiny_config, write_jsonl
+from tests.jobs.service_fixtures import tiny_base  # noqa: F401  (a tiny model LoRA can move)
 
 
 @pytest.fixture(scope="session")

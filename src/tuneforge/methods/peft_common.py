@@ -47,6 +47,25 @@ def load(base: nn.Module, artifact_dir: Path) -> nn.Module:
     return PeftModel.from_pretrained(base, str(artifact_dir), is_trainable=False)
 
 
+def continue_adapter(base: nn.Module, where: str) -> nn.Module:
+    """A trained PEFT adapter loaded trainable onto `base` (model.adapter): a run folder's adapter, or the
+    folder itself."""
+    from peft import PeftModel
+
+    from tuneforge.errors import ConfigError
+    from tuneforge.rundir import RunDir
+
+    folder = Path(where)
+    if RunDir(folder).is_run():
+        folder = RunDir(folder).trained_artifact()
+    if not (folder / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"model.adapter {where} is not a trained adapter (no adapter_config.json)",
+            "give a LoRA-family run folder or its adapter/ folder",
+        )
+    return PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+
+
 def no_packing(what: str) -> Callable[[RunConfig], None]:
     """Refuse sample packing for methods that add virtual tokens: PEFT ignores position ids there, so packed
     examples would attend to each other."""

@@ -106,6 +106,11 @@ def check(cfg: RunConfig) -> None:
     registry.get(cfg.method.name).check(cfg)
     check_objective(cfg)
     check_stages(cfg)
+    if cfg.model.adapter and registry.get(cfg.method.name).artifact != "adapter":
+        raise ValueError(
+            f"model.adapter continues a trained adapter, and method {cfg.method.name} trains no adapter: use the "
+            "adapter's method (lora), or train the full model without model.adapter"
+        )
 
 
 def check_objective(cfg: RunConfig) -> None:

@@ -209,7 +209,12 @@ class FineTune:
         set_attention(
             self.lm.model, attention_for(cfg.model.attn_implementation, self.lm.device, training=True)
         )
-        model = self.spec.prepare(self.lm.model, cfg.method)
+        if cfg.model.adapter:  # the next version of a tuned adapter, not a fresh one
+            from tuneforge.methods.peft_common import continue_adapter
+
+            model = continue_adapter(self.lm.model, cfg.model.adapter)
+        else:
+            model = self.spec.prepare(self.lm.model, cfg.method)
         ewc = None
         if cfg.forgetting.ewc > 0:  # the Fisher of the base model, before any step (and before a resume)
             from tuneforge.train.forgetting import build_ewc
