@@ -186,6 +186,19 @@ def test_run_config_of_a_job(tmp_path):
         resolved={"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0, "beta": 0.25},
     )
     assert dpo.data.format == "preference" and dpo.objective.name == "dpo" and dpo.objective.beta == 0.25
+    kto = _cfg(
+        tmp_path,
+        method_type="kto",
+        resolved={
+            "n_epochs": 1,
+            "batch_size": 8,
+            "learning_rate_multiplier": 1.0,
+            "beta": 0.2,
+            "desirable_weight": 1.0,
+            "undesirable_weight": 1.5,
+        },
+    )
+    assert (kto.objective.name, kto.objective.beta, kto.objective.undesirable_weight) == ("kto", 0.2, 1.5)
 
 
 def test_auto_epochs_and_rate_reach_the_library_as_auto_also_once_reported(tmp_path):

@@ -271,3 +271,47 @@ def test_dpo_job_learns_from_feedback_pairs_and_mismatched_files_are_refused(tmp
         assert "holds chat records" in failed.error.message
         failed = c.fine_tuning.jobs.retrieve(supervised_on_pairs.id)
         assert failed.status == "failed" and 'method {"type": "dpo"}' in failed.error.message
+
+
+def test_kto_job_trains_on_rated_answers_and_refuses_chat_files(tmp_path, tiny_base):
+    """method.type kto (tuneforge): answers rated up or down, the weights among the hyperparameters; the held-out
+    reward accuracy rises. A kto job on plain conversations fails with what it needs."""
+    from tests.train.test_kto import kto_rows
+    from tuneforge.jobs.worker import Worker
+
+    settings = service_settings(tmp_path / "data", tiny_base)
+    rated = write_jsonl(tmp_path / "rated.jsonl", kto_rows(64, 0))
+    chat = write_jsonl(tmp_path / "chat.jsonl", capitals_records(16))
+    with live_server(settings) as srv:
+        c = client(srv)
+        train = c.files.create(file=("rated.jsonl", rated.read_bytes()), purpose="fine-tune")
+        chat_file = c.files.create(file=("chat.jsonl", chat.read_bytes()), purpose="fine-tune")
+        kto = {
+            "type": "kto",
+            "kto": {
+                "hyperparameters": {
+                    "beta": 1.0,
+                    "undesirable_weight": 1.2,
+                    "n_epochs": 2,
+                    "learning_rate_multiplier": 10,
+                }
+            },
+        }
+        job = c.fine_tuning.jobs.create(model="tiny", training_file=train.id, method=kto)
+        assert job.method.type == "kto"  # (the openai client keeps our kto section as a plain dict)
+        assert job.method.kto["hyperparameters"]["undesirable_weight"] == 1.2
+        on_chat = c.fine_tuning.jobs.create(model="tiny", training_file=chat_file.id, method=kto)
+        assert Worker(settings).run(idle_exit=True) == 2
+        done = c.fine_tuning.jobs.retrieve(job.id)
+        assert done.status == "succeeded", done.error
+        evals = sorted(
+            (
+                e.data
+                for e in c.fine_tuning.jobs.list_events(job.id, limit=100)
+                if e.data and "valid_loss" in e.data
+            ),
+            key=lambda d: d["step"],
+        )
+        assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+        failed = c.fine_tuning.jobs.retrieve(on_chat.id)
+        assert failed.status == "failed" and "needs answers rated up or down" in failed.error.message

@@ -75,11 +75,21 @@ def check_method_fits(checked: CheckedFile, method_type: str, param: str, label:
                 ),
                 param,
             )
+    elif method_type == "kto":
+        if checked.format != "preference":
+            raise JobError(
+                "invalid_file_format",
+                f"{label}: a kto job needs answers rated up or down on every line (messages + label true/false, "
+                f"or prompt + completion + label; preference pairs work too); this file holds {checked.format} "
+                "records.",
+                param,
+            )
     elif checked.format == "preference":
         raise JobError(
             "invalid_file_format",
-            f"{label} holds preference pairs; create the job with method "
-            '{"type": "dpo"} to train on them, or upload conversations for a supervised job.',
+            f"{label} holds preference records; create the job with method "
+            '{"type": "dpo"} (pairs) or {"type": "kto"} (answers rated up or down) to train on them, or upload '
+            "conversations for a supervised job.",
             param,
         )
 

@@ -168,8 +168,11 @@ def resolve(hp: dict[str, Any], n_train: int) -> dict[str, Any]:
         "batch_size": auto_batch_size(n_train) if _is_auto(batch) else int(batch),
         "learning_rate_multiplier": "auto" if _is_auto(lrm) else float(lrm),
     }
-    if "beta" in hp:  # DPO jobs
+    if "beta" in hp:  # DPO and KTO jobs
         out["beta"] = DEFAULT_BETA if _is_auto(hp["beta"]) else float(hp["beta"])
+    for key in ("desirable_weight", "undesirable_weight"):  # KTO jobs
+        if key in hp:
+            out[key] = float(hp[key])
     return out
 
 
@@ -291,6 +294,14 @@ def run_config(
     if method_type == "dpo":  # preference pairs; the reference is the base (the adapter switched off)
         cfg["data"]["format"] = "preference"
         cfg["objective"] = {"name": "dpo", "beta": resolved.get("beta", DEFAULT_BETA)}
+    elif method_type == "kto":  # answers rated up or down (pairs are split into one of each)
+        cfg["data"]["format"] = "preference"
+        cfg["objective"] = {
+            "name": "kto",
+            "beta": resolved.get("beta", DEFAULT_BETA),
+            "desirable_weight": resolved.get("desirable_weight", 1.0),
+            "undesirable_weight": resolved.get("undesirable_weight", 1.0),
+        }
     method_options = registry.get(training_type).config_cls.model_fields
     for key, value in extras.items():
         if value is None or key not in EXTRA_KEYS:

@@ -2,7 +2,8 @@
 
 Requests refuse unknown fields, as OpenAI's API does, except where tuneforge documents an extension:
 fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora`, `full`, or any method
-of `tuneforge methods`). `method.type` is `supervised` or `dpo` (preference pairs; needs an adapter method).
+of `tuneforge methods`). `method.type` is `supervised`, `dpo` (preference pairs) or `kto` (answers rated up or
+down, tuneforge); both need an adapter method.
 Exports (`/v1/models/{model}/exports`, `/v1/exports`) are tuneforge's own objects, in the same style.
 
 Every number a request carries is finite, of its documented kind (true is not 1, "1e-3" is not a number: OpenAI
@@ -347,6 +348,34 @@ class DpoHyperparametersIn(HyperparametersIn):
         return {k: v for k, v in super().extensions().items() if k != "beta"}
 
 
+KtoWeight = checked_number(False, gt=0, le=100)
+
+
+class KtoHyperparametersIn(DpoHyperparametersIn):
+    """KTO's: DPO's plus the weights of the desirable and undesirable answers' losses (tuneforge)."""
+
+    desirable_weight: KtoWeight = Field(
+        1.0,
+        description="Weight of the loss on answers rated up. Keep desirable_weight x n_up / (undesirable_weight "
+        "x n_down) between 1 and 4/3 (the KTO paper's advice; the job's events warn when it is far off).",
+    )
+    undesirable_weight: KtoWeight = Field(1.0, description="Weight of the loss on answers rated down.")
+
+    def openai_part(self) -> dict[str, Any]:
+        return {
+            **super().openai_part(),
+            "desirable_weight": self.desirable_weight,
+            "undesirable_weight": self.undesirable_weight,
+        }
+
+    def extensions(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in super().extensions().items()
+            if k not in ("desirable_weight", "undesirable_weight")
+        }
+
+
 class SupervisedIn(Request):
     hyperparameters: HyperparametersIn | None = None
 
@@ -355,10 +384,15 @@ class DpoIn(Request):
     hyperparameters: DpoHyperparametersIn | None = None
 
 
+class KtoIn(Request):
+    hyperparameters: KtoHyperparametersIn | None = None
+
+
 class MethodIn(Request):
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "dpo", "kto", "reinforcement"]
     supervised: SupervisedIn | None = None
     dpo: DpoIn | None = None
+    kto: KtoIn | None = Field(None, description="tuneforge: answers rated up or down, no pairs needed.")
     reinforcement: dict[str, Any] | None = None
 
 
@@ -449,10 +483,20 @@ class DpoOut(Response):
     hyperparameters: DpoHyperparametersOut
 
 
+class KtoHyperparametersOut(DpoHyperparametersOut):
+    desirable_weight: float
+    undesirable_weight: float
+
+
+class KtoOut(Response):
+    hyperparameters: KtoHyperparametersOut
+
+
 class MethodOut(Response):
-    type: Literal["supervised", "dpo"] = "supervised"
+    type: Literal["supervised", "dpo", "kto"] = "supervised"
     supervised: SupervisedOut | None = None
     dpo: DpoOut | None = None
+    kto: KtoOut | None = None
 
 
 class JobOut(Response):
@@ -462,7 +506,7 @@ class JobOut(Response):
     error: JobErrorOut | None = None
     fine_tuned_model: str | None = None
     finished_at: int | None = None
-    hyperparameters: DpoHyperparametersOut | HyperparametersOut
+    hyperparameters: KtoHyperparametersOut | DpoHyperparametersOut | HyperparametersOut
     method: MethodOut
     model: str
     organization_id: str

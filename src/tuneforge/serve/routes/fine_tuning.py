@@ -26,6 +26,7 @@ from tuneforge.serve.schemas import (
     JobCreate,
     JobList,
     JobOut,
+    KtoHyperparametersIn,
 )
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -119,18 +120,18 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
 def _hyperparameters(body: JobCreate) -> tuple[str, HyperparametersIn]:
     """The job's method type and its hyperparameters, from `method` or the deprecated top-level field."""
     method_type = body.method.type if body.method is not None else "supervised"
-    if method_type not in ("supervised", "dpo"):
+    if method_type not in ("supervised", "dpo", "kto"):
         raise bad_request(
-            f"Method {method_type!r} is not supported by tuneforge; use 'supervised' or 'dpo'.",
+            f"Method {method_type!r} is not supported by tuneforge; use 'supervised', 'dpo' or 'kto'.",
             "method.type",
             "unsupported_method",
         )
-    if method_type == "dpo":
+    if method_type in ("dpo", "kto"):
         from tuneforge.methods import registry
 
         if registry.get(body.training_type).artifact != "adapter":
             raise bad_request(
-                f"DPO compares the model with its base, which is the same weights with the adapter switched "
+                f"{method_type.upper()} compares the model with its base, which is the same weights with the adapter switched "
                 f"off, so it needs an adapter method; training_type {body.training_type!r} trains the "
                 "weights themselves. Use training_type 'lora' (or dora, rslora, ia3 ...).",
                 "training_type",
@@ -143,9 +144,10 @@ def _hyperparameters(body: JobCreate) -> tuple[str, HyperparametersIn]:
             f"Give hyperparameters in method.{method_type}.hyperparameters or in hyperparameters, not both.",
             "hyperparameters",
         )
-    if method_type == "dpo":
-        top = DpoHyperparametersIn(**body.hyperparameters.model_dump()) if body.hyperparameters else None
-        return method_type, in_method or top or DpoHyperparametersIn()
+    if method_type in ("dpo", "kto"):
+        cls = DpoHyperparametersIn if method_type == "dpo" else KtoHyperparametersIn
+        top = cls(**body.hyperparameters.model_dump()) if body.hyperparameters else None
+        return method_type, in_method or top or cls()
     return method_type, in_method or body.hyperparameters or HyperparametersIn()
 
 
