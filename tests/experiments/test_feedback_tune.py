@@ -137,7 +137,7 @@ def test_tune_from_feedback_adds_a_canary_only_when_the_gate_passes(tiny_base, t
         d = fb.get_deployment(s, "alice", "caps")
         assert [a["model"] for a in d.arms] == [V1, passed["canary"]["model"]]
         assert d.arms[1]["weight"] / sum(a["weight"] for a in d.arms) == pytest.approx(0.2)
-        assert d.history[-1]["gate"]["candidate"] == passed["candidate"]
+        assert d.history[-1]["gate"]["candidate_run"] == passed["candidate_run"]
         # the candidate continued v1's adapter (rank 4) and is served as a LoRA of the same base
         row = s.get(
             FineTunedModel, s.query(FineTunedModel.pk).filter_by(id=passed["canary"]["model"]).scalar()

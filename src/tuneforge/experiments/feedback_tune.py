@@ -150,8 +150,8 @@ def tune_from_feedback(
         show=False,
     )
     record = {
-        "current": str(current),
-        "candidate": str(out / "candidate"),
+        "current_run": str(current),
+        "candidate_run": str(out / "candidate"),
         "objective": objective,
         "train_file": str(files[objective]),
         "held_out": report.get("n_test"),
