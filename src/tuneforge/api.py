@@ -153,30 +153,10 @@ def tune_from_feedback(
             weight = total * canary / (1 - canary)  # its share of the new total is `canary`
             d.arms = [*d.arms, {"model": model_id, "weight": weight}]
             record["canary"] = {"model": model_id, "share": canary}
-            d.updated_at = int(store.now())
-            d.history = [
-                *d.history,
-                {
-                    "at": d.updated_at,
-                    "arms": d.arms,
-                    "shadow": d.shadow,
-                    "why": f"gate passed: canary {model_id}",
-                    "gate": record,
-                },
-            ]
+            fb.note_change(d, f"gate passed: canary {model_id}", gate=record)
     else:
         with _store_session(settings) as s, s.begin():
-            d = fb.get_deployment(s, owner, deployment)
-            d.history = [
-                *d.history,
-                {
-                    "at": int(store.now()),
-                    "arms": d.arms,
-                    "shadow": d.shadow,
-                    "why": "gate refused the candidate",
-                    "gate": record,
-                },
-            ]
+            fb.note_change(fb.get_deployment(s, owner, deployment), "gate refused the candidate", gate=record)
     (out / "gate.json").write_text(json.dumps(record, indent=1))
     return record
 

@@ -99,20 +99,16 @@ def gate(
 
 
 def _figures(report: dict[str, Any], key: str) -> dict[str, Any]:
+    """One version's primary metric (the table's row for the task, as `decide` picks it) and general perplexity."""
+    from tuneforge.eval.metrics import headline
     from tuneforge.experiments.decide import primary_metric
 
     variant = next(v for v in report["variants"] if v["key"] == key)
-    m = variant["metrics"]
-    names = {"exact match (strict)": "exact_match", "accuracy (strict)": "accuracy", "ROUGE-L": "rougeL"}
-    headline = {k: m[v] for k, v in names.items() if v in m}
-    metric = primary_metric(headline, report.get("task", "json")) if headline else "exact match (strict)"
+    rows = headline(variant["metrics"])
+    metric = primary_metric(rows, report.get("task", "json"))
     forgetting = report.get("forgetting") or {}
     ppl = forgetting.get("base_perplexity" if key == "base" else "tuned_perplexity")
-    return {
-        "metric": metric,
-        "value": float(headline.get(metric, m.get("exact_match", 0.0))),
-        "general_perplexity": ppl,
-    }
+    return {"metric": metric, "value": float(rows[metric]), "general_perplexity": ppl}
 
 
 def tune_from_feedback(

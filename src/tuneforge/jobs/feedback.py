@@ -151,6 +151,12 @@ def get_deployment(s: Session, owner: str, name: str) -> Deployment | None:
     return s.scalar(select(Deployment).where(Deployment.owner == owner, Deployment.name == name))
 
 
+def note_change(d: Deployment, why: str, **extra: Any) -> None:
+    """Stamp a change of the deployment and keep it in its history, with the arms and shadow it left."""
+    d.updated_at = int(now())
+    d.history = [*d.history, {"at": d.updated_at, "arms": d.arms, "shadow": d.shadow, "why": why, **extra}]
+
+
 @dataclass(frozen=True)
 class Route:
     """Where a deployment sends one request."""

@@ -279,11 +279,6 @@ def _lookup(
             ) from None
 
 
-def _target_of(request: Request, settings: Settings, owner: str, model: str) -> Target:
-    with db_session(request) as session:
-        return resolve_target(session, settings, owner, model)
-
-
 class _Afterwards:
     """What happens once a request's answer is complete: the routing log (for a deployment's figures), the
     stored completion (`store: true`, or a deployment that stores), and the shadow model's answer."""
@@ -351,7 +346,7 @@ class _Afterwards:
         started = time.monotonic()
         body = self.body.model_copy(update={"stream": False, "logprobs": False, "top_logprobs": None})
         try:
-            target = await run_in_threadpool(_target_of, self.request, self.settings, self.owner, model)
+            target, _ = await run_in_threadpool(_lookup, self.request, self.settings, self.owner, model, None)
             gen = await _start(
                 self.request, body, self.settings, self.engine, self.owner, _chat_prompt, target
             )

@@ -63,11 +63,6 @@ def _arms(session, settings, owner: str, arms) -> list[dict]:
     return out
 
 
-def _changed(row: Deployment, why: str) -> None:
-    row.updated_at = int(store.now())
-    row.history = [*row.history, {"at": row.updated_at, "arms": row.arms, "shadow": row.shadow, "why": why}]
-
-
 @router.post("", response_model=DeploymentOut, summary="Create a deployment")
 def create(body: DeploymentIn, session: SessionDep, settings: SettingsDep, owner: Tenant) -> Deployment:
     if body.name in settings.base_models:
@@ -89,7 +84,7 @@ def create(body: DeploymentIn, session: SessionDep, settings: SettingsDep, owner
         history=[],
         created_at=t,
     )
-    _changed(row, "created")
+    fb.note_change(row, "created")
     session.add(row)
     session.commit()
     return row
@@ -118,7 +113,7 @@ def change(name: str, body: DeploymentUpdate, session: SessionDep, settings: Set
         row.shadow = _checked_model(session, settings, owner, body.shadow, "shadow") if body.shadow else None
     if body.store is not None:
         row.store = body.store
-    _changed(row, "changed")
+    fb.note_change(row, "changed")
     session.commit()
     return row
 
@@ -129,7 +124,7 @@ def promote(name: str, body: Promote, session: SessionDep, settings: SettingsDep
     row.arms = [{"model": _checked_model(session, settings, owner, body.model, "model"), "weight": 1.0}]
     if row.shadow == body.model:
         row.shadow = None
-    _changed(row, f"promoted {body.model}")
+    fb.note_change(row, f"promoted {body.model}")
     session.commit()
     return row
 
