@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: setup demo test lint fmt gemma clean dataset bench vllm
+.PHONY: setup demo test lint fmt gemma clean dataset bench vllm browser console
 
 setup: $(VENV)/.installed
 
@@ -42,8 +42,20 @@ $(VLLM_VENV)/.installed:
 demo: setup
 	$(BIN)/tuneforge demo
 
-test: setup $(VENV)/.gguf
+# The console's browser tests (tests/browser) drive Debian's chromium through Playwright (Playwright's own browser
+# download needs internet). Installed here where apt-get can (as root); elsewhere those tests say they are skipped.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "chromium is not installed (apt-get install chromium): tests/browser will be skipped"
+
+test: setup $(VENV)/.gguf browser
 	$(BIN)/python -m pytest -q
+
+# The console's third-party browser assets (uPlot, Swagger UI, ReDoc) from npm into the package; the copies are
+# committed, so only a version change needs Node.
+console:
+	cd console && npm ci --no-audit --no-fund --ignore-scripts && node vendor.mjs
 
 lint: setup
 	$(BIN)/ruff check src tests bench examples

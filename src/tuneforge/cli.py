@@ -156,11 +156,17 @@ EvalFewShot = Annotated[
 ]
 
 
-def _eval_cfg(few_shot: int, max_examples: int | None, max_new_tokens: int, samples: int):
+def _eval_cfg(
+    few_shot: int, max_examples: int | None, max_new_tokens: int, samples: int, general: str = "bundled"
+):
     from tuneforge.config import EvalConfig
 
     return EvalConfig(
-        few_shot=few_shot, max_examples=max_examples, max_new_tokens=max_new_tokens, samples=samples
+        few_shot=few_shot,
+        max_examples=max_examples,
+        max_new_tokens=max_new_tokens,
+        samples=samples,
+        general=None if general.lower() == "none" else general,
     )
 
 
@@ -193,6 +199,12 @@ def compare(
     max_examples: Annotated[int | None, typer.Option(help="Evaluate at most N examples.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 64,
     samples: Annotated[int, typer.Option(help="Sample answers shown side by side.")] = 5,
+    general: Annotated[
+        str,
+        typer.Option(
+            help="General held-out set on which forgetting is measured: `bundled`, a chat file, or `none`."
+        ),
+    ] = "bundled",
     out: Annotated[str | None, typer.Option(help="Folder for report.json / report.html.")] = None,
 ) -> None:
     """Before/after report for any model pair on the same questions."""
@@ -202,7 +214,7 @@ def compare(
         base,
         tuned,
         data=data,
-        eval_cfg=_eval_cfg(few_shot, max_examples, max_new_tokens, samples),
+        eval_cfg=_eval_cfg(few_shot, max_examples, max_new_tokens, samples, general),
         out_dir=out,
     )
 
@@ -355,13 +367,10 @@ def data_inspect(
 def _token_counter(model: str):
     from tuneforge.config import DataConfig
     from tuneforge.data.tokenize import count_tokens_fn
-    from tuneforge.models.load import base_path_for, load_tokenizer
-    from tuneforge.models.registry import resolve
-    from tuneforge.progress import Steps
+    from tuneforge.models.load import tokenizer_for
 
     try:
-        src = resolve(model)
-        tok, _ = load_tokenizer(base_path_for(src, Steps(f"Preparing {model}")))
+        tok = tokenizer_for(model)
     except TuneforgeError as e:
         _console().print(f"[yellow]token counts unavailable ({e}); showing characters[/]")
         return None

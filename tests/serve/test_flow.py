@@ -275,7 +275,7 @@ def test_dpo_job_learns_from_feedback_pairs_and_mismatched_files_are_refused(tmp
 
 def test_kto_job_trains_on_rated_answers_and_refuses_chat_files(tmp_path, tiny_base):
     """method.type kto (tuneforge): answers rated up or down, the weights among the hyperparameters; the held-out
-    reward accuracy rises. A kto job on plain conversations fails with what it needs."""
+    KTO loss falls below the untrained model's. A kto job on plain conversations fails with what it needs."""
     from tests.train.test_kto import kto_rows
     from tuneforge.jobs.worker import Worker
 
@@ -312,6 +312,9 @@ def test_kto_job_trains_on_rated_answers_and_refuses_chat_files(tmp_path, tiny_b
             ),
             key=lambda d: d["step"],
         )
-        assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+        # Untrained, every item's loss is half its weight (policy = reference), so a mean of at least 0.5 with
+        # weights >= 1: the best held-out loss below that is a model that learned from the ratings. (Comparing the
+        # last evaluation with the first is not: with a 10x rate it can peak at the first one and early-stop.)
+        assert min(e["valid_loss"] for e in evals) < 0.5
         failed = c.fine_tuning.jobs.retrieve(on_chat.id)
         assert failed.status == "failed" and "needs answers rated up or down" in failed.error.message

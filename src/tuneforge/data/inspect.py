@@ -36,8 +36,12 @@ def inspect_file(
     near_threshold: float = 0.9,
     min_examples: int = 10,
     show: int = 10,
+    preview: int = 0,
+    render: Callable[[Example], str] | None = None,
 ) -> dict[str, Any]:
-    """Report on one data file; `show` caps the listed problems, rejects and duplicate pairs (totals are exact)."""
+    """Report on one data file; `show` caps the listed problems, rejects and duplicate pairs (totals are exact).
+    `preview` > 0 adds the first records as normalised turns (and, with `render`, as the text the model is trained
+    on: its chat template applied)."""
     loaded = load_file(path, format, columns, system_prompt)
     # Duplicates and lengths are measured on whitespace-normalised records, as training would see them.
     examples = clean(loaded.examples, CleanConfig(dedupe="none", missing="fill")).examples
@@ -65,7 +69,26 @@ def inspect_file(
         },
         "duplicates": _duplicates(examples, dups, near_threshold, show),
         "lengths": _lengths(examples, count_tokens),
+        **({"preview": [_preview(ex, render) for ex in examples[:preview]]} if preview else {}),
     }
+
+
+def _preview(ex: Example, render: Callable[[Example], str] | None) -> dict[str, Any]:
+    def turns(msgs: Sequence[Any] | None) -> list[dict[str, str]] | None:
+        return None if msgs is None else [{"role": m.role, "content": m.content} for m in msgs]
+
+    row: dict[str, Any] = {"where": _where(ex), "kind": ex.kind, "messages": turns(ex.messages)}
+    extras = {
+        "text": ex.text,
+        "label": ex.label,
+        "chosen": turns(ex.chosen),
+        "rejected": turns(ex.rejected),
+        "desirable": ex.desirable,
+    }
+    row.update({k: v for k, v in extras.items() if v is not None})
+    if render is not None:
+        row["rendered"] = render(ex)
+    return row
 
 
 def _all_messages(ex: Example) -> list:

@@ -306,14 +306,25 @@ def tokenize_examples(
     return out, rep
 
 
+def trained_text_fn(tok: Any, cfg: DataConfig, labels: Sequence[str] = ()):
+    """The text an example is trained on: its conversation in the model's chat template (a raw document as is)."""
+
+    def text(ex: Example) -> str:
+        if ex.kind == "text":
+            return ex.text or ""
+        msgs, tools = to_template(conversation(ex, cfg, labels), tok, ex.tools)
+        return render(tok, msgs, tools)
+
+    return text
+
+
 def count_tokens_fn(tok: Any, cfg: DataConfig, labels: Sequence[str] = ()):
     """Token length of an example as it will be trained: for the cleaning length filter and `data inspect`."""
+    text = trained_text_fn(tok, cfg, labels)
 
     def count(ex: Example) -> int:
-        if ex.kind == "text":
-            return len(tok(ex.text or "", add_special_tokens=True)["input_ids"])
-        msgs, tools = to_template(conversation(ex, cfg, labels), tok, ex.tools)
-        return len(tok(render(tok, msgs, tools), add_special_tokens=False)["input_ids"])
+        # A raw document gets the tokenizer's BOS/EOS; a chat template writes its own special tokens.
+        return len(tok(text(ex), add_special_tokens=ex.kind == "text")["input_ids"])
 
     return count
 

@@ -249,6 +249,15 @@ def load_tokenizer(path: str, chat_template: str | None = None) -> tuple[Any, st
     return tok, origin
 
 
+def tokenizer_for(model: str) -> Any:
+    """The tokenizer (with its chat template) of a model alias, folder, GGUF file or hub id, as training loads it."""
+    from tuneforge.models.registry import resolve
+    from tuneforge.progress import Steps
+
+    tok, _ = load_tokenizer(base_path_for(resolve(model), Steps(f"Preparing {model}")))
+    return tok
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP check, so an offline machine gets a clear error in seconds instead of minutes of retries."""

@@ -39,9 +39,10 @@ def recipe_for(cfg: RunConfig, **options: Any) -> Recipe:
 
 
 @contextlib.contextmanager
-def probe(cfg: RunConfig, model: str | None = None) -> Iterator[FineTune]:
+def probe(cfg: RunConfig, model: str | None = None, **options: Any) -> Iterator[FineTune]:
     """A language-model run set up in a scratch folder and not trained (optionally on another base `model`): what
-    the memory and time estimate and model selection look at. The run's own folder is left untouched."""
+    the memory and time estimate and model selection look at. The run's own folder is left untouched. `options`
+    as the recipe takes them (device ...)."""
     if cfg.stages or registry.get(cfg.method.name).recipe != "lm":
         raise ConfigError(
             "the estimate covers one language-model run; this config "
@@ -56,7 +57,7 @@ def probe(cfg: RunConfig, model: str | None = None) -> Iterator[FineTune]:
         scratch.tracking.backends = []
         if model is not None:
             scratch.model.name = model
-        rec = FineTune(scratch)
+        rec = FineTune(scratch, **options)
         rec.setup()
         try:
             yield rec

@@ -12,14 +12,16 @@ from fastapi import FastAPI
 
 from tuneforge import __version__
 from tuneforge.jobs import store
-from tuneforge.serve import errors
+from tuneforge.serve import console, errors
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.limits import BodyLimits
 from tuneforge.serve.routes import (
     chat,
     deployments,
+    estimates,
     exports,
     feedback,
+    file_reports,
     files,
     fine_tuning,
     health,
@@ -52,6 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from serve/console, with their scripts from the package, not a CDN
+        redoc_url=None,
         title="tuneforge",
         version=__version__,
         description=DESCRIPTION,
@@ -89,9 +93,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = sessions
     app.state.engine = Engine(settings)
     errors.install(app)
+    console.install(app)  # the web console at /, its assets, and the offline API docs
     # exports before models: POST /v1/models/{model}/exports must not reach the models router's {model:path}
     for r in (
         files.router,
+        file_reports.router,
+        estimates.router,  # before fine_tuning: /estimate is not a job id
         fine_tuning.router,
         exports.router,
         models.router,

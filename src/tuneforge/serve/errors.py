@@ -60,13 +60,17 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def overloaded(retry_after: int) -> APIError:
+def busy(message: str, retry_after: int, code: str = "server_overloaded") -> APIError:
+    """429 with Retry-After: the server's capacity, not the request, is the problem."""
     return APIError(
-        429,
+        429, message, type="rate_limit_error", code=code, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def overloaded(retry_after: int) -> APIError:
+    return busy(
         f"The server is busy with other generations and its queue is full. Retry after {retry_after} s.",
-        type="rate_limit_error",
-        code="server_overloaded",
-        headers={"Retry-After": str(retry_after)},
+        retry_after,
     )
 
 

@@ -531,6 +531,24 @@ class JobOut(Response):
     )
 
 
+class EstimateOut(Response):
+    """tuneforge: what `tuneforge estimate` predicts for a job, before it is created."""
+
+    peak_bytes: int = Field(description="Predicted peak memory of training.")
+    available_bytes: int | None = Field(None, description="Memory the device has free now.")
+    device: str
+    fits: bool = Field(description="Whether the peak fits in the available memory.")
+    parts: dict[str, int] = Field(
+        description="The peak's parts: weights in use, optimizer state, activations ..."
+    )
+    suggestions: list[str] = Field(description="What would make it fit, when it does not.")
+    total_steps: int
+    steps_per_epoch: int
+    tokens_per_epoch: int | None = None
+    seconds_per_epoch: float | None = Field(None, description="Timed on a few micro-batches (timing=true).")
+    seconds_total: float | None = None
+
+
 class JobList(Response):
     object: Literal["list"] = "list"
     data: list[JobOut]

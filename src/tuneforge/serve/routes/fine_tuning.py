@@ -70,8 +70,11 @@ def get_job(session: Session, owner: str, job_id: str, param: str = "fine_tuning
     return job
 
 
-@router.post("", response_model=JobOut, summary="Create a fine-tuning job")
-def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: Tenant) -> dict:
+def checked_request(
+    body: JobCreate, session: Session, settings, owner: str
+) -> tuple[str, HyperparametersIn, dict[str, store.File]]:
+    """What creating a job checks before recording it (the base offered, the method, the files the tenant's and
+    meant for fine-tuning): its method type, hyperparameters and files by parameter. The estimate checks the same."""
     if body.model not in settings.base_models:
         offered = ", ".join(sorted(settings.base_models))
         raise bad_request(
@@ -80,6 +83,7 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
             "model_not_available",
         )
     method_type, hp = _hyperparameters(body)
+    files: dict[str, store.File] = {}
     for param, fid in (("training_file", body.training_file), ("validation_file", body.validation_file)):
         if fid is None:
             continue
@@ -92,6 +96,13 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
                 param,
                 "invalid_file",
             )
+        files[param] = f
+    return method_type, hp, files
+
+
+@router.post("", response_model=JobOut, summary="Create a fine-tuning job")
+def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: Tenant) -> dict:
+    method_type, hp, _ = checked_request(body, session, settings, owner)
     job = Job(
         id=store.new_id("ftjob"),
         owner=owner,
