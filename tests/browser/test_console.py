@@ -82,6 +82,7 @@ def flow(browser, console, tickets, shots) -> dict:
         page.get_by_label("Max steps").fill("400")
         page.get_by_label("Learning rate multiplier").fill("0.5")
         page.get_by_label("Suffix").fill("tickets-v1")
+        page.get_by_label("Test share (before/after report)").fill("0.2")
         page.get_by_role("button", name="Estimate memory and time").click()
         expect(page.locator("#estimate")).to_contain_text("Peak memory", timeout=60_000)
         out["estimate"] = page.locator("#estimate").inner_text()
@@ -115,6 +116,8 @@ def flow(browser, console, tickets, shots) -> dict:
         out["final_points"] = points(page, "#loss-chart", "train loss")
         out["validation_points"] = points(page, "#loss-chart", "validation loss")
         out["model"] = page.locator("#tuned-model code").inner_text()
+        expect(page.locator("#report")).to_contain_text("Sample answers")
+        out["report"] = page.locator("#report").inner_text()
         page.screenshot(path=shots / "job.png", full_page=True)
 
         # the playground: base and tuned answer the same prompt, each streamed
@@ -167,6 +170,13 @@ def test_loss_chart_fills_while_running_and_survives_a_reload(flow):
     assert flow["points_after_reload"] == flow["paused_points"]  # the state is the server's, not the page's
     assert flow["final_points"] > flow["paused_points"]
     assert flow["validation_points"] >= 1
+
+
+def test_the_job_page_shows_the_before_after_report(flow):
+    report = flow["report"]
+    assert "13 held-out test records" in report  # 20% of 64
+    for part in ("Before and after", "exact match (strict)", "Gain", "Per field", "queue", "Sample answers"):
+        assert part in report, part
 
 
 def test_playground_streams_the_tuned_model(flow):
@@ -294,5 +304,29 @@ def test_a_job_that_would_not_fit_is_refused_in_the_form(browser, console, flow,
     page.get_by_label("Suffix").fill("smaller")  # a change to the form: the user may start it again
     expect(start).to_be_enabled()
     expect(page.get_by_label("Suffix")).to_have_value("smaller")
+    t.context.close()
+    t.check()
+
+
+def test_keyboard_only_sign_in_and_navigation(browser, console):
+    t = new_tab(browser, console)
+    page = t.page
+    page.goto(console.root + "/")
+    expect(page.get_by_label("API key")).to_be_focused()  # the form takes the focus: type, press Enter
+    page.keyboard.type("sk-test-alice-0001")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+    page.goto(console.root + "/#/datasets")
+    page.reload()  # focus starts at the top of the page
+    expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+    names = []
+    for _ in range(6):  # the skip link, then the header's links, in order
+        page.keyboard.press("Tab")
+        names.append(page.evaluate("document.activeElement.textContent.trim()"))
+    assert names[:4] == ["Skip to content", "tuneforge", "Datasets", "Jobs"], names
+    while page.evaluate("document.activeElement.textContent.trim()") != "Jobs":
+        page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
     t.context.close()
     t.check()

@@ -121,3 +121,42 @@ def test_the_console_and_the_docs_are_served_from_the_package(server):
     js = httpx.get(server.root + "/console/vendor/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert "cdn.redoc.ly" not in httpx.get(server.root + "/console/vendor/redoc.standalone.js").text
+
+
+def test_a_job_with_a_test_split_has_a_before_after_report(server, files):
+    from tuneforge.jobs.worker import Worker
+
+    c = client(server)
+    hp = {"test_split": 0.2, "max_steps": 4, "n_epochs": 1}
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=files["good"], hyperparameters=hp)
+    plain = c.fine_tuning.jobs.create(
+        model="tiny", training_file=files["good"], hyperparameters={"max_steps": 2}
+    )
+    r = httpx.get(f"{server.url}/fine_tuning/jobs/{job.id}/report", headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "report_not_ready"
+    assert Worker(server.app.state.settings).run(idle_exit=True) == 2
+    done = c.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded", done.error
+    r = httpx.get(f"{server.url}/fine_tuning/jobs/{job.id}/report", headers=AUTH)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (
+        report["n_test"] == 5
+        and report["tuned_model"] == done.fine_tuned_model
+        and report["base_model"] == "tiny"
+    )
+    assert {v["key"] for v in report["variants"]} >= {"base", "tuned"}
+    assert report["samples"] and all(s["where"].startswith("line ") for s in report["samples"])
+    assert "forgetting" in report and "validation" in report
+    text = json.dumps(report)
+    assert str(server.app.state.settings.data_dir) not in text
+    note = [e.message for e in c.fine_tuning.jobs.list_events(job.id) if e.message.startswith("Before/after")]
+    assert note and "on 5 held-out test records: exact match (strict)" in note[0] and "(tuned)" in note[0]
+
+    r = httpx.get(f"{server.url}/fine_tuning/jobs/{plain.id}/report", headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_test_split"
+    assert "test_split" in r.json()["error"]["message"]
+    r = httpx.get(
+        f"{server.url}/fine_tuning/jobs/{job.id}/report", headers={"Authorization": f"Bearer {BOB}"}
+    )
+    assert r.status_code == 404

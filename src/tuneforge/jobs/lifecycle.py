@@ -103,6 +103,8 @@ class JobRun:
             if summary["train"].get("stopped_by_request"):
                 self._stopped(db, row)
             else:
+                if summary.get("report"):
+                    store.add_event(db, row.id, _report_note(summary["report"], row.id))
                 self._succeeded(db, row, run_dir, summary["train"])
 
     # ---------------------------------------------------------------------------------------- before training
@@ -255,7 +257,7 @@ class JobRun:
             cfg,
             resume=resume,
             overwrite=not resume,
-            evaluate=False,
+            evaluate=cfg.data.split.test > 0,  # the before/after report, where the job held out a test split
             on_event=events,
             should_stop=events.should_stop,
             device=self.settings.device,
@@ -418,6 +420,17 @@ _END_EVENTS = {
 
 def _pk(db: Session, job_id: str) -> int:
     return db.scalar(select(Job.pk).where(Job.id == job_id))
+
+
+def _report_note(report: dict[str, Any], job_id: str) -> str:
+    """The job event that says the before/after report is there, with its first figure."""
+    n = report.get("n_test", 0)
+    note = f"Before/after report on {n} held-out test records"
+    figures = {v["key"]: v.get("headline", {}) for v in report.get("variants", [])}
+    first = next(iter(figures.get("tuned", {})), None)
+    if first is not None and first in figures.get("base", {}):
+        note += f": {first} {figures['base'][first]:.1f} (base) → {figures['tuned'][first]:.1f} (tuned)"
+    return note + f" (GET /v1/fine_tuning/jobs/{job_id}/report)"
 
 
 def _split_note(job: _JobView, has_validation_file: bool) -> tuple[str, str] | None:

@@ -202,12 +202,14 @@ def base_learning_rate(training_type: str, settings: Settings) -> float:
     return settings.full_learning_rate
 
 
-def validation_split(value: Any, has_validation_file: bool) -> dict[str, Any]:
-    """The run's data.split for a job. With a validation file nothing is held out; `validation_split` 0 turns the
-    split off; "auto" (the default) holds out 10% of the training file, at least 5 and at most 1,000 records; a
-    number is that fraction. Seeded by the job's seed (the run's), stratified by label or answer where the data
-    has classes (split.stratify auto). Never a test split: the user's records are for training and validation."""
-    none = {"validation": 0.0, "test": 0.0}
+def validation_split(value: Any, has_validation_file: bool, test: float | None = None) -> dict[str, Any]:
+    """The run's data.split for a job. With a validation file nothing is held out for validation;
+    `validation_split` 0 turns the split off; "auto" (the default) holds out 10% of the training file, at least 5
+    and at most 1,000 records; a number is that fraction. Seeded by the job's seed (the run's), stratified by
+    label or answer where the data has classes (split.stratify auto). A test split only where the job asks for
+    one (`test_split`, for its before/after report): otherwise the user's records are for training and
+    validation."""
+    none = {"validation": 0.0, "test": float(test or 0.0)}
     if has_validation_file or value == 0:
         return none
     if _is_auto(value):
@@ -276,7 +278,9 @@ def run_config(
         "data": {
             "train": str(train_path),
             "validation": str(validation_path) if validation_path else None,
-            "split": validation_split(extras.get("validation_split"), validation_path is not None),
+            "split": validation_split(
+                extras.get("validation_split"), validation_path is not None, extras.get("test_split")
+            ),
             "clean": {"dedupe": "none"},
             "max_length": max_length,
             "truncation": "raise",

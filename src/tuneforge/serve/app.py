@@ -25,6 +25,7 @@ from tuneforge.serve.routes import (
     files,
     fine_tuning,
     health,
+    job_reports,
     metrics,
     models,
     stored,
@@ -100,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         file_reports.router,
         estimates.router,  # before fine_tuning: /estimate is not a job id
         fine_tuning.router,
+        job_reports.router,
         exports.router,
         models.router,
         chat.router,

@@ -206,6 +206,9 @@ SplitShare = checked_number(
     le=0.5,
     message='validation_split must be "auto" or a fraction from 0 to 0.5 (0: no validation split)',
 )
+TestShare = checked_number(
+    False, ge=0, le=0.5, message="test_split must be a fraction from 0 to 0.5 (0: no test split, no report)"
+)
 Beta = checked_number(False, auto=True, gt=0, le=2)
 LoraRank = checked_number(True, ge=1, le=512)
 LoraAlpha = checked_number(False, gt=0, le=4096)
@@ -291,6 +294,13 @@ class HyperparametersIn(Request):
         'stopping, best checkpoint) when the job has no validation_file, from 0 to 0.5. "auto": 10%, at least '
         "5 and at most 1,000 records; 0: none. Seeded by the job's seed, stratified where the answers are a few "
         "classes; the held-out records are a result file of the job (validation_split.jsonl).",
+    )
+    test_split: TestShare | None = Field(
+        None,
+        description="tuneforge: share of the training file held out as a test split, from 0 to 0.5 (default: "
+        "none). After training, the base and the tuned model answer its questions and the job's before/after "
+        "report (GET /v1/fine_tuning/jobs/{id}/report: metrics, per-field figures, confusion matrices, sample "
+        "answers, forgetting) is written before the job succeeds; it costs two generations per test record.",
     )
     lora_rank: LoraRank | None = Field(None, description="tuneforge: LoRA rank r, 1 to 512 (default 16).")
     lora_alpha: LoraAlpha | None = Field(

@@ -2,6 +2,7 @@
 // it runs), the events log, checkpoints, and cancel / pause / resume. All of it is read from the server.
 import { get, post } from "./api.js";
 import { lineChart } from "./charts.js";
+import { reportView } from "./compare.js";
 import { onLeave } from "./app.js";
 import { alertBox, badge, copyButton, errorBox, h, mount, table, when } from "./ui.js";
 
@@ -17,9 +18,11 @@ export async function page(main, _params, jobId) {
   const eventsEl = h("div", { class: "events", id: "events", tabindex: "0", "aria-label": "Events log" });
   const ckptEl = h("div", { id: "checkpoints" });
   const status = h("div", { "aria-live": "polite" });
+  const reportEl = h("section", { id: "report", "aria-label": "Before and after" });
   mount(main, head, controls, status,
     h("div", { class: "grid2" }, h("div", { class: "card" }, lossEl), h("div", { class: "card" }, accEl)),
-    h("h2", {}, "Events"), eventsEl, h("h2", {}, "Checkpoints"), ckptEl);
+    reportEl, h("h2", {}, "Events"), eventsEl, h("h2", {}, "Checkpoints"), ckptEl);
+  let reported = false;
 
   const events = new Map(); // id -> event, merged across polls
   let charts = [];
@@ -55,6 +58,7 @@ export async function page(main, _params, jobId) {
     mount(ckptEl, ck.data.length ? table(["Step", "Train loss", "Valid loss", "Checkpoint"], ck.data.map((c) => [
       String(c.step_number), fmt(c.metrics.train_loss), fmt(c.metrics.valid_loss), h("code", {}, c.fine_tuned_model_checkpoint)]))
       : h("p", { class: "muted" }, "None yet."));
+    if (job.status === "succeeded" && !reported) await showReport(job);
     if (LIVE.includes(job.status) || job.status === "paused") timer = setTimeout(() => refresh().catch((e) => mount(status, errorBox(e))), LIVE.includes(job.status) ? POLL_MS : POLL_MS * 4);
   }
 
@@ -77,6 +81,20 @@ export async function page(main, _params, jobId) {
       job.fine_tuned_model ? h("p", { class: "row" },
         h("a", { class: "button", href: `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(job.fine_tuned_model)}` }, "Compare in the playground"),
         h("a", { class: "button secondary", href: "#/models" }, "Models and API snippet")) : null);
+  }
+
+  async function showReport(job) {
+    reported = true;
+    if (!(job.hyperparameter_extensions || {}).test_split) {
+      mount(reportEl, h("h2", {}, "Before and after"), h("p", { class: "muted" },
+        "This job held out no test split. Give the next one a test share (e.g. 0.1) for a report of the base and the tuned model on the same held-out questions; meanwhile, compare them in the playground."));
+      return;
+    }
+    try {
+      mount(reportEl, h("h2", {}, "Before and after"), reportView(await get(`/v1/fine_tuning/jobs/${jobId}/report`)));
+    } catch (e) {
+      mount(reportEl, h("h2", {}, "Before and after"), errorBox(e));
+    }
   }
 
   function renderControls(job) {

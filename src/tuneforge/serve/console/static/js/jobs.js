@@ -15,7 +15,7 @@ export async function list(main) {
 }
 
 const DRAFT = "tuneforge.newjob";
-const HP = ["n_epochs", "batch_size", "learning_rate_multiplier", "validation_split", "lora_rank", "lora_alpha", "max_steps"];
+const HP = ["n_epochs", "batch_size", "learning_rate_multiplier", "validation_split", "test_split", "lora_rank", "lora_alpha", "max_steps"];
 
 function described(doc, name) {
   const props = (doc.components.schemas.HyperparametersIn || {}).properties || {};
@@ -43,7 +43,8 @@ export async function create(main, params) {
   const hp = {};
   for (const name of HP) {
     const auto = ["n_epochs", "batch_size", "learning_rate_multiplier", "validation_split"].includes(name);
-    hp[name] = h("input", { name, inputmode: "decimal", value: draft[name] ?? "", placeholder: auto ? "auto" : "default" });
+    const placeholder = auto ? "auto" : name === "test_split" ? "none (no report)" : "default";
+    hp[name] = h("input", { name, inputmode: "decimal", value: draft[name] ?? "", placeholder });
   }
   const status = h("div", { id: "form-status", "aria-live": "polite" });
   const estimateBox = h("div", { id: "estimate", "aria-live": "polite" });
@@ -105,7 +106,8 @@ export async function create(main, params) {
     field("Base model", c.model, "A base model this server offers."),
     field("Training file", c.training_file),
     field("Validation file", c.validation_file, "Optional. Without one, a share of the training file is held out (below)."),
-    field("Validation share", hp.validation_split, described(doc, "validation_split") || "auto: 10%. The guides suggest 10-20%."))),
+    field("Validation share", hp.validation_split, described(doc, "validation_split") || "auto: 10%. The guides suggest 10-20%."),
+    field("Test share (before/after report)", hp.test_split, described(doc, "test_split")))),
   h("fieldset", {}, h("legend", {}, "Method"), h("div", { class: "fields" },
     field("Method", c.training_type, "lora: small adapters on a shared base (default); full: every weight; dora, ia3 …"),
     field("Objective", c.method),
