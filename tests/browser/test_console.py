@@ -210,6 +210,10 @@ def test_bad_file_shows_its_line_numbered_problem(browser, console, tmp_path, sh
     expect(page.locator("#rejects")).to_contain_text("line 3", timeout=30_000)
     expect(page.get_by_role("alert")).to_contain_text("unusable records")
     page.screenshot(path=shots / "bad-file.png", full_page=True)
+    page.once("dialog", lambda d: d.accept())  # "Delete broken.jsonl?"
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("heading", name="Your files")).to_be_visible()
+    expect(page.locator("main")).not_to_contain_text("broken.jsonl")
     t.context.close()
     t.check()
 
@@ -245,7 +249,7 @@ def test_offline_api_docs(browser, console, shots):
     t.check()
 
 
-PAGES = ["#/datasets", "#/jobs", "#/jobs/new", "#/models", "#/playground", "#/deployments"]
+PAGES = ["#/datasets", "#/jobs", "#/jobs/new", "#/models", "#/playground", "#/deployments", "#/feedback"]
 
 
 @pytest.mark.parametrize("width", ["wide", "narrow"])
@@ -328,5 +332,36 @@ def test_keyboard_only_sign_in_and_navigation(browser, console):
         page.keyboard.press("Shift+Tab")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Fine-tuning jobs")).to_be_visible()
+    t.context.close()
+    t.check()
+
+
+def test_feedback_page_rates_a_stored_answer_and_makes_training_files(browser, console, flow, shots):
+    from tests.jobs.service_fixtures import client
+
+    c = client(console)
+    stored = c.chat.completions.create(
+        model=flow["model"],
+        messages=[{"role": "user", "content": "Where is my parcel?"}],
+        max_tokens=8,
+        store=True,
+    )
+    t = new_tab(browser, console)
+    page = t.page
+    sign_in(page, console.root)
+    page.get_by_role("link", name="Feedback", exact=True).click()
+    card = page.locator(f"#stored-{stored.id}")
+    expect(card).to_contain_text(flow["model"])
+    card.locator("summary").click()
+    expect(card).to_contain_text("Where is my parcel?")
+    card.get_by_role("button", name=re.compile("Good answer")).click()
+    expect(card.locator("table")).to_contain_text("up")
+    got = c.get(f"/chat/completions/{stored.id}/feedback", cast_to=object)  # what the server kept
+    assert [(f["user"], f["thumbs"]) for f in got["data"]] == [("console", "up")]
+    page.get_by_role("button", name="Make training files from feedback").click()
+    expect(page.locator("main")).to_contain_text("Written (purpose fine-tune)")
+    page.screenshot(path=shots / "feedback.png", full_page=True)
+    page.get_by_role("link", name=re.compile(r"^kto file-")).click()
+    expect(page.locator("#summary")).to_contain_text("preference")
     t.context.close()
     t.check()

@@ -8,6 +8,7 @@ import * as job from "./job.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
 import * as deployments from "./deployments.js";
+import * as feedback from "./feedback.js";
 
 const main = document.getElementById("main");
 const ROUTES = [
@@ -19,6 +20,7 @@ const ROUTES = [
   [/^#\/models$/, models.list],
   [/^#\/playground$/, playground.page],
   [/^#\/deployments$/, deployments.list],
+  [/^#\/feedback$/, feedback.list],
 ];
 
 // Work a page started (pollers, streams) that must stop when the user leaves it.
