@@ -81,6 +81,22 @@ def train(
     help_config: Annotated[
         bool, typer.Option("--help-config", help="List every config key with its default and meaning.")
     ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Train data-parallel on N processes of this machine (torchrun; gloo on CPU, nccl on GPUs). The "
+            "global batch stays the config's: each step's examples are shared out. Default: the config's "
+            "train.distributed.num_processes (1).",
+        ),
+    ] = None,
+    nnodes: Annotated[int, typer.Option(min=1, help="Machines taking part (run the command on each).")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="This machine's place among --nnodes (0 first).")] = 0,
+    master_addr: Annotated[str, typer.Option(help="Address of the node with --node-rank 0.")] = "127.0.0.1",
+    master_port: Annotated[
+        int | None, typer.Option(help="Its port (default: a free one on one node, 29500 on several).")
+    ] = None,
 ) -> None:
     """Fine-tune a model as a config file describes (data, model, method, train, eval)."""
     from tuneforge import api
@@ -93,7 +109,18 @@ def train(
         raise TuneforgeError(
             "no config given", "run `tuneforge train CONFIG.yaml` (see examples/tickets-lora.yaml)"
         )
-    cfg = api.load_config(config, set_ or [])
+    cfg = api.load_config(config, set_ or [])  # checked here, before any rank starts
+    nproc = nproc or cfg.train.distributed.num_processes
+    from tuneforge.train import distributed
+
+    # A rank started by torchrun (below, or by the user's own torchrun / accelerate launch) just trains.
+    if (nproc > 1 or nnodes > 1) and not distributed.current().active:
+        args = ["train", str(config), *(f"--set={s}" for s in set_ or [])]
+        args += ["--resume"] * resume + ["--overwrite"] * overwrite + ([] if evaluate else ["--no-eval"])
+        code = distributed.launch(args, nproc, nnodes, node_rank, master_addr, master_port)
+        if code:
+            raise typer.Exit(code)
+        return
     api.finetune(cfg, resume=resume, overwrite=overwrite, evaluate=evaluate)
 
 

@@ -301,7 +301,23 @@ class ForgettingConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------------- train
+class DistributedConfig(Section):
+    """Training on several processes (`tuneforge train --nproc N` says the same on the command line)."""
+
+    strategy: Literal["ddp"] = Field(
+        "ddp",
+        description="ddp: every rank a whole copy of the model, each optimizer step's examples shared out, "
+        "gradients summed before the update (fsdp and deepspeed are not built yet).",
+    )
+    num_processes: int = Field(
+        1, ge=1, description="Ranks on this machine (torchrun); 1: one process, as without this section."
+    )
+
+
 class TrainConfig(Section):
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Data-parallel training over several processes."
+    )
     learning_rate: float | Literal["auto"] = Field(
         "auto",
         description="Peak learning rate. `auto`: chosen per run from the method, the model's width and the batch "
@@ -468,6 +484,7 @@ class RunConfig(Section):
         d.pop("eval")
         d.pop("tracking", None)
         d.pop("resolved", None)  # auto values follow from the rest (and are reused on resume)
+        d["train"].pop("distributed", None)  # how many ranks share the work does not change the updates
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -33,7 +33,7 @@ from tuneforge.progress import Steps, console
 from tuneforge.recipes.runs import load_any
 from tuneforge.recipes.splits import append_rejects, prepare_splits, token_counter, write_data_report
 from tuneforge.rundir import RunDir
-from tuneforge.train import auto
+from tuneforge.train import auto, distributed
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import compile as compile_layers
 from tuneforge.train.loop import Hooks, Loop, RunOptions, start_run
@@ -63,7 +63,8 @@ class FineTune:
     # ---------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         cfg = self.cfg
-        has_progress = start_run(cfg, self.run, self.options)
+        # Data parallel: whether to resume is rank 0's answer (the others' folders are scratch ones).
+        has_progress = distributed.from_main(start_run(cfg, self.run, self.options))
         self.lm: LoadedModel = load_any(
             cfg.model.name,
             dtype=cfg.model.dtype,
@@ -79,6 +80,10 @@ class FineTune:
         self._prepare_data()
         model, precision, penalty = self._prepare_model()
         cfg = self.cfg = self._resolve_auto(model, precision, has_progress)
+        if (
+            distributed.current().active
+        ):  # every rank trains with what rank 0 resolved ("auto" rate, epochs ...)
+            cfg = self.cfg = distributed.from_main(cfg).model_copy(update={"run_dir": cfg.run_dir})
         guard = self._guard(model, precision) if cfg.forgetting.guard else None
         self.loop = Loop(
             cfg,
@@ -106,6 +111,9 @@ class FineTune:
             self.check_memory()
         if has_progress:
             self.loop.restore()
+        ranks = distributed.current()
+        if ranks.active:
+            self.loop.announce(distributed.describe(ranks, cfg.train.batch_size, cfg.train.grad_accum))
         trainable, total = registry.trainable_summary(self.loop.model)
         self.loop.announce(
             f"Training {cfg.method.name} on {self.lm.name}: {trainable:,} of {total:,} parameters trainable "

@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError
 from tuneforge.eval.report import plot_loss
 from tuneforge.methods import registry
+from tuneforge.progress import console
 from tuneforge.recipes.classify import Classify
 from tuneforge.recipes.lm import FineTune
+from tuneforge.train import distributed
 from tuneforge.train.loop import EventFn, TrainResult
 
 Recipe = FineTune | Classify
@@ -97,17 +100,47 @@ def finetune(
     Returns a summary: {"run_dir", "train": {steps, best_val_loss, stopped_by_request, ...}, "report": {...} |
     None}; for a staged config the last stage's, with every stage under "stages".
     """
-    options = {"on_event": on_event, "should_stop": should_stop, "device": device}
+    options: dict[str, Any] = {"on_event": on_event, "should_stop": should_stop, "device": device}
+    ranks = distributed.init(device)
+    scratch = None
+    if (
+        ranks.active
+    ):  # launched by torchrun (`tuneforge train --nproc N`): this process is one data-parallel rank
+        options["device"] = distributed.device_for(device, ranks)
+        if not ranks.main:  # rank 0 writes the run folder and evaluates; this rank writes into a scratch one
+            scratch = distributed.scratch_dir(ranks)
+            options["shared_run"] = str(Path(cfg.run_dir).resolve())
+            cfg = cfg.model_copy(deep=True)
+            cfg.run_dir, cfg.tracking.backends = scratch, []
+            resume, overwrite, evaluate, show = False, True, False, False
+            console.quiet = True
+    try:
+        return _finetune(cfg, resume, overwrite, evaluate, show, options)
+    finally:
+        if scratch is not None:
+            distributed.remove_scratch(scratch)
+
+
+def _finetune(
+    cfg: RunConfig, resume: bool, overwrite: bool, evaluate: bool, show: bool, options: dict[str, Any]
+) -> dict[str, Any]:
     if cfg.stages:
         from tuneforge.recipes.stages import run_stages
 
         return run_stages(
-            cfg, finetune, resume=resume, overwrite=overwrite, evaluate=evaluate, show=show, **options
+            cfg,
+            finetune,
+            resume=resume,
+            overwrite=overwrite,
+            evaluate=evaluate,
+            show=show,
+            **{k: options[k] for k in ("on_event", "should_stop", "device")},
         )
     result, rec = train(cfg, resume=resume, overwrite=overwrite, **options)
     try:
         summary = {"run_dir": str(rec.run.root), "train": train_summary(result, rec), "report": None}
-        plot_loss(rec.run.read_metrics(), rec.run.loss_curve)
+        if not options.get("shared_run"):  # (a data-parallel rank other than 0 has no metrics of its own)
+            plot_loss(rec.run.read_metrics(), rec.run.loss_curve)
         if evaluate and not result.stopped_by_request and rec.splits["test"]:
             summary["report"] = rec.report(summary["train"], show)
     finally:

@@ -33,6 +33,7 @@ from tuneforge.methods import registry
 from tuneforge.progress import bar, console
 from tuneforge.rundir import RunDir
 from tuneforge.train import checkpoint as ckpt
+from tuneforge.train import distributed
 from tuneforge.train.objectives import Objective
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.runtime import new_accelerator, seed_everything
@@ -64,6 +65,7 @@ class RunOptions:
     on_event: EventFn | None = None
     should_stop: Callable[[], bool] | None = None
     device: str | None = None
+    shared_run: str | None = None  # a data-parallel rank other than 0: rank 0's run folder, to resume from
 
 
 @dataclass
@@ -101,10 +103,13 @@ def accumulate_gradients(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
     backward: Callable[[torch.Tensor], None],
+    norm: float | None = None,
 ) -> StepSums:
     """Forward and backward over one optimizer step's micro-batches, normalised by the units of the whole step:
-    accumulation = one big batch. The training step and the learning-rate range test (train/auto.py) share it."""
-    norm = sum(obj.norm(b) for b in batches)
+    accumulation = one big batch. The training step and the learning-rate range test (train/auto.py) share it.
+    `norm`: the step's units when these batches are one rank's share of it (data parallel)."""
+    if norm is None:
+        norm = sum(obj.norm(b) for b in batches)
     loss_sum = correct = 0.0
     stats: dict[str, float] = {}
     real_tokens = 0
@@ -172,8 +177,18 @@ class Loop:
         self.eval_every = t.eval_every or max(1, self.steps_per_epoch // 4, math.ceil(self.total_steps / 20))
         self.save_every = t.save_every or self.eval_every
         scheduler = build_scheduler(optimizer, cfg, self.total_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.ranks = distributed.current()
+        if self.ranks.active:
+            # Data parallel is ours (train/distributed.py): under torchrun accelerate would wrap the model in DDP
+            # (a second all-reduce) and step the scheduler once per rank each step, so only the optimizer is its.
+            self.model, self.scheduler = model.to(self.accelerator.device), scheduler
+            self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        else:
+            self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.state = ckpt.LoopState()
+        # Freshly initialised trainable weights start as rank 0's on every rank.
+        self.shared = RunDir(options.shared_run) if options.shared_run else run
+        distributed.same_weights(self._trainable())
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -192,8 +207,13 @@ class Loop:
         out = []
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
             epoch, pos = divmod(k, self.batches_per_epoch)
-            order = self._epoch_order(epoch, lengths)
-            out.extend(split_by_tokens(order[pos], lengths, self.micro_budget))
+            batch = self._epoch_order(epoch, lengths)[pos]
+            if (
+                self.ranks.active
+            ):  # this rank's share of the batch (the batch itself is the same on every rank)
+                batch = distributed.share(batch, self.ranks)
+            if batch:
+                out.extend(split_by_tokens(batch, lengths, self.micro_budget))
         return out
 
     @property
@@ -230,7 +250,7 @@ class Loop:
         with bar("Training", self.total_steps, "loss", "speed") as progress:
             task = progress.add_task("Training", total=self.total_steps, completed=st.step, loss="", speed="")
             while st.step < self.total_steps:
-                if self.should_stop():
+                if distributed.any_rank(self.should_stop()):
                     stopped_by_request = True
                     self.save_checkpoint()
                     break
@@ -302,6 +322,9 @@ class Loop:
         batches = [
             obj.collate([self.train_items[i] for i in mb], self.pad_id) for mb in self.micro_batches(step)
         ]
+        norm = None
+        if self.ranks.active:  # every rank normalises by the whole step's units
+            norm = distributed.sum_all([sum(obj.norm(b) for b in batches)])[0]
         with self.hooks.step_context():
             sums = accumulate_gradients(
                 obj,
@@ -310,7 +333,11 @@ class Loop:
                 self.accelerator.device,
                 self.accelerator.autocast,
                 self.accelerator.backward,
+                norm,
             )
+        if self.ranks.active:
+            distributed.sum_gradients(self._trainable())
+            sums = self._summed(sums)
         norm, stats = sums.norm, sums.stats
         penalty = self.hooks.penalty
         if penalty is not None:  # a regulariser's gradient (EWC), added layer by layer
@@ -341,12 +368,22 @@ class Loop:
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def _summed(self, sums: StepSums) -> StepSums:
+        """A step's figures summed over the ranks (each saw its share of the step)."""
+        keys = distributed.from_main(sorted(sums.stats))
+        total = distributed.sum_all(
+            [sums.loss_sum, sums.correct, float(sums.real_tokens), *(sums.stats.get(k, 0.0) for k in keys)]
+        )
+        return StepSums(total[0], sums.norm, total[1], dict(zip(keys, total[3:], strict=True)), int(total[2]))
+
     # ------------------------------------------------------------------------------------------ validation
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
         was_training = self.model.training
         self.model.eval()
         order = sorted(range(len(self.val_items)), key=lambda i: len(self.val_items[i]))
+        if self.ranks.active:  # each rank its share; the sums are added up below
+            order = distributed.share(order, self.ranks)
         bs = self.cfg.train.batch_size * 2
         obj = self.objective
         loss = weight = correct = 0.0
@@ -363,6 +400,11 @@ class Loop:
                 stats[k] = stats.get(k, 0.0) + v
         if was_training:
             self.model.train()
+        if self.ranks.active:
+            keys = distributed.from_main(sorted(stats))
+            total = distributed.sum_all([loss, weight, correct, *(stats.get(k, 0.0) for k in keys)])
+            loss, weight, correct = total[:3]
+            stats = dict(zip(keys, total[3:], strict=True))
         vl = loss / max(weight, 1e-9)
         out = {"val_loss": vl, f"val_{obj.accuracy}": correct / max(weight, 1e-9)}
         if obj.perplexity:
@@ -394,15 +436,16 @@ class Loop:
         improved, stop = st.record_validation(
             res["val_loss"], self.cfg.train.early_stopping_patience, admissible
         )
-        if improved:
+        if improved and self.ranks.main:
             self.save_best(self.run.best, self.run.best_state)
         return stop
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def restore(self) -> None:
         """Continue from the last complete checkpoint of this same run (half-written ones are removed)."""
-        root = self.run.checkpoints
-        removed = ckpt.clean_partial(root)
+        root = self.shared.checkpoints  # data parallel: every rank resumes from rank 0's checkpoints
+        removed = ckpt.clean_partial(root) if self.ranks.main else 0
+        distributed.barrier()  # rank 0 has removed half-written ones before the others look
         found = ckpt.complete_checkpoints(root, self.cfg.fingerprint())
         if removed:
             console.print(f"Removed {removed} incomplete checkpoint folder(s) left by an interrupted run")
@@ -417,6 +460,8 @@ class Loop:
         self.on_event("message", {"message": msg})
 
     def save_checkpoint(self) -> None:
+        if not self.ranks.main:  # every rank's state is the same: rank 0 keeps it
+            return
         path = ckpt.save_checkpoint(
             self.run.checkpoints,
             self.unwrapped,
@@ -454,6 +499,8 @@ class Loop:
         train_done.json with the run's counters."""
         target = self.run.artifact(self.spec.artifact)
         st = self.state
+        if not self.ranks.main:  # rank 0 writes the artifact
+            return target
         if st.best_step is not None and self.run.best.is_dir():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(self.run.best, target)
@@ -481,6 +528,8 @@ class Loop:
         self.accelerator.free_memory()
 
     def _log(self, row: dict[str, Any]) -> None:
+        if not self.ranks.main:
+            return
         with open(self.run.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
         self.on_event("metrics", row)
