@@ -491,13 +491,26 @@ def worker(
     data_dir: DataDirOpt = None,
     database_url: DatabaseOpt = None,
     env_file: EnvFileOpt = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help='Train each job as a task on this Ray cluster ("127.0.0.1:6379", "ray://head:10001"; "local": '
+            "start one here); same as TUNEFORGE_EXECUTOR=ray with TUNEFORGE_RAY_ADDRESS.",
+        ),
+    ] = None,
 ) -> None:
     """Run fine-tuning jobs and exports from the server's queue (start as many as you like, on any machine sharing
     the data)."""
     from tuneforge.serve.server import run_worker
     from tuneforge.settings import load_settings
 
-    run_worker(load_settings(env_file, data_dir=data_dir, database_url=database_url))
+    settings = load_settings(env_file, data_dir=data_dir, database_url=database_url)
+    if ray is not None:
+        settings = settings.model_copy(
+            update={"executor": "ray", "ray_address": None if ray == "local" else ray}
+        )
+    run_worker(settings)
 
 
 # ------------------------------------------------------------------------------------ experiments (issue 6)
@@ -559,12 +572,26 @@ def sweep(
             "--set", "-s", help="Override a sweep key: --set trials=4, --set sampler=random (repeatable)."
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help='Run the trials as Ray tasks on this cluster ("127.0.0.1:6379", "ray://head:10001"; "local": '
+            "start one here). Trials are then not pruned half-way.",
+        ),
+    ] = None,
+    ray_parallel: Annotated[int, typer.Option(min=1, help="Trials at once on Ray.")] = 2,
+    ray_cpus: Annotated[float, typer.Option(min=0.1, help="CPUs per trial on Ray.")] = 1.0,
+    ray_gpus: Annotated[float, typer.Option(min=0, help="GPUs per trial on Ray (0: none).")] = 0.0,
 ) -> None:
     """Hyperparameter search (grid, random, Optuna TPE) with pruning of poor trials; writes the best config."""
-    from tuneforge.experiments.sweep import load_sweep, run_sweep
+    from tuneforge.experiments.sweep import RayTrials, load_sweep, run_sweep
 
     sweep_cfg, base = load_sweep(spec, set_ or [])
-    run_sweep(sweep_cfg, base)
+    cluster = None
+    if ray is not None:
+        cluster = RayTrials(None if ray == "local" else ray, ray_parallel, ray_cpus, ray_gpus)
+    run_sweep(sweep_cfg, base, ray=cluster)
 
 
 @app.command()

@@ -167,6 +167,17 @@ class Settings(BaseSettings):
         None, description="Torch device for inference and training (default: cuda if any)."
     )
     # ---- jobs and workers
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where a worker trains the jobs it leases: local (in its own process) or ray (as a task on "
+        "the Ray cluster at ray_address, with ray_cpus_per_job / ray_gpus_per_job; pip install 'tuneforge[ray]').",
+    )
+    ray_address: str | None = Field(
+        None,
+        description='The Ray cluster (e.g. "127.0.0.1:6379", "ray://head:10001"); none: start a local one.',
+    )
+    ray_cpus_per_job: float = Field(1.0, gt=0, description="CPUs a job's Ray task asks for.")
+    ray_gpus_per_job: float = Field(0.0, ge=0, description="GPUs a job's Ray task asks for (0: none needed).")
     workers: int = Field(
         1, ge=0, description="Worker processes `tuneforge serve` starts (0: run them yourself)."
     )

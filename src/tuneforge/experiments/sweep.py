@@ -27,6 +27,7 @@ import itertools
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,9 +121,23 @@ def _suggest(trial: Any, key: str, spec: list[Any] | Range) -> Any:
     return trial.suggest_float(key, spec.low, spec.high, log=spec.log)
 
 
-def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict[str, Any]:
+@dataclass
+class RayTrials:
+    """Trials as Ray tasks (`tuneforge sweep --ray ADDRESS`): `parallel` at a time, each asking for `cpus` CPUs
+    and `gpus` GPUs (none unless given). A trial's validations reach Optuna when it ends, so no trial is pruned
+    half-way on Ray; the results are the same files as a local sweep's."""
+
+    address: str | None = None  # None: a local Ray instance
+    parallel: int = 2
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+def run_sweep(
+    sweep: SweepConfig, base: RunConfig, *, show: bool = True, ray: RayTrials | None = None
+) -> dict[str, Any]:
     """Run the sweep's trials (each through recipes.run.finetune: staged and classifier configs alike) and write
-    the results; returns the summary sweep.json holds."""
+    the results; returns the summary sweep.json holds. With `ray`, the trials run as Ray tasks, several at once."""
     try:
         import optuna
     except ImportError:
@@ -137,8 +152,17 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict
     study, n_trials = _study(optuna, sweep)
     records: list[dict[str, Any]] = []
 
+    cluster = None
+    if ray is not None:
+        from tuneforge.recipes.ray_tasks import connect
+
+        cluster = connect(ray.address, num_cpus=max(1, int(ray.parallel * ray.cpus)))
+
     def objective(trial: Any) -> float:
-        rec = _trial(trial, sweep, base, out, show)
+        if cluster is not None:
+            rec = _trial_on_ray(trial, sweep, base, out, show, cluster, ray)
+        else:
+            rec = _trial(trial, sweep, base, out, show)
         records.append(rec)
         if rec["state"] == "pruned":
             if show:
@@ -151,7 +175,9 @@ def run_sweep(sweep: SweepConfig, base: RunConfig, *, show: bool = True) -> dict
             )
         return rec["value"]
 
-    study.optimize(objective, n_trials=n_trials, catch=())
+    # On Ray, Optuna's threads each wait for one trial's task: `parallel` trials train at once.
+    study.optimize(objective, n_trials=n_trials, catch=(), n_jobs=ray.parallel if cluster is not None else 1)
+    records.sort(key=lambda r: r["trial"])
     summary = _write_results(sweep, base, records, out)
     if show:
         print_sweep(summary, list(sweep.space), console)
@@ -216,6 +242,46 @@ def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: boo
         cfg, overwrite=True, evaluate=False, on_event=on_event, should_stop=lambda: state["prune"], show=False
     )
     gc.collect()
+    return _record(trial, sweep, params, run_dir, summary, state["curve"], t0)
+
+
+def _trial_on_ray(
+    trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: bool, cluster: Any, ray: RayTrials
+) -> dict[str, Any]:
+    """One trial as a Ray task; its validation losses, read from its run folder, are reported to Optuna after."""
+    from tuneforge.progress import console
+    from tuneforge.recipes.ray_tasks import submit_finetune
+
+    params = {k: _suggest(trial, k, sweep.space[k]) for k in sweep.space}
+    run_dir = out / f"trial-{trial.number:03d}"
+    cfg = apply_trial(base, params, run_dir)
+    if show:
+        console.print(
+            f"[bold]trial {trial.number}[/] on Ray: " + ", ".join(f"{k}={v}" for k, v in params.items())
+        )
+    t0 = time.time()
+    ref = submit_finetune(cluster, cfg, ray.cpus, ray.gpus, overwrite=True, evaluate=False, show=False)
+    summary = cluster.get(ref)
+    curve = [row["val_loss"] for row in RunDir(run_dir).read_metrics() if "val_loss" in row]
+    for i, value in enumerate(curve, 1):
+        trial.report(value, i)
+    ran = summary.get("ray", {})
+    return {
+        **_record(trial, sweep, params, run_dir, summary, curve, t0),
+        "ray": f"{ran.get('node')}:{ran.get('pid')}",
+    }
+
+
+def _record(
+    trial: Any,
+    sweep: SweepConfig,
+    params: dict[str, Any],
+    run_dir: Path,
+    summary: dict[str, Any],
+    curve: list[float],
+    t0: float,
+) -> dict[str, Any]:
+    """A finished trial's row of trials.csv (its checkpoints removed unless the sweep keeps them)."""
     if not sweep.keep_checkpoints:  # the run's, and each stage's of a staged run
         run = RunDir(run_dir)
         for folder in [run, *run.stage_runs()]:
@@ -230,7 +296,7 @@ def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: boo
         "steps": done.get("steps"),
         "seconds": round(time.time() - t0, 1),
         "run_dir": str(run_dir),
-        "val_curve": state["curve"],
+        "val_curve": curve,
     }
 
 

@@ -73,6 +73,11 @@ class Worker:
         return False
 
     def process(self, lease: Lease) -> None:
+        if lease.table is Job and self.settings.executor == "ray":
+            from tuneforge.jobs.ray_executor import process_on_ray
+
+            process_on_ray(self, lease)  # the same process(), as a task on the Ray cluster
+            return
         beat = _Heartbeat(self, lease)
         beat.start()
         try:
