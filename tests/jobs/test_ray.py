@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from tests.conftest import capitals_records, tiny_config, write_jsonl
 from tests.jobs.service_fixtures import add_file, free_port, service_settings
+from tests.jobs.test_worker import _job
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -43,7 +44,6 @@ def ray_cluster(tmp_path_factory):
 
 
 def test_a_service_job_trains_as_a_ray_task(ray_cluster, tmp_path, tiny_base):
-    from tuneforge.jobs import store
     from tuneforge.jobs.store import Job, JobEvent
     from tuneforge.jobs.worker import Worker
 
@@ -51,25 +51,7 @@ def test_a_service_job_trains_as_a_ray_task(ray_cluster, tmp_path, tiny_base):
     worker = Worker(settings)
     train = write_jsonl(tmp_path / "capitals.jsonl", capitals_records(32))
     file_id = add_file(worker.sessions, train)
-    job_id = store.new_id("ftjob")
-    with store.transaction(worker.sessions) as s:
-        s.add(
-            Job(
-                id=job_id,
-                owner="alice",
-                model="tiny",
-                training_file=file_id,
-                seed=0,
-                training_type="lora",
-                method_type="supervised",
-                hyperparameters={"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1},
-                extras={"max_steps": 4},
-                status="validating_files",
-                created_at=int(store.now()),
-                failures=[],
-                result_files=[],
-            )
-        )
+    job_id = _job(worker, file_id, n_epochs=1, batch_size=8, learning_rate_multiplier=1, max_steps=4)
     assert worker.run(idle_exit=True) == 1
     with worker.sessions() as s:
         job = s.get(Job, s.scalar(select(Job.pk).where(Job.id == job_id)))
