@@ -37,9 +37,21 @@ def tuneforge(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return r
 
 
+# Forgetting is measured on the real model here too, but on 16 of the 120 bundled general records: at full size
+# it was the most expensive part of the run (every record through base and tuned, up to 512 tokens each), and no
+# test below reads more than that it was measured. tests/train/test_forgetting.py covers the measurement itself.
+GENERAL_EXAMPLES = 16
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, smol_dir):
-    out = tmp_path_factory.mktemp("e2e") / "tickets"
+    from tuneforge.data.general import general_path
+
+    root = tmp_path_factory.mktemp("e2e")
+    general = root / "general-eval-16.jsonl"
+    lines = general_path("bundled", "eval").read_text().splitlines(keepends=True)
+    general.write_text("".join(lines[:GENERAL_EXAMPLES]))
+    out = root / "tickets"
     tuneforge(
         "train",
         "examples/tickets-lora.yaml",
@@ -50,11 +62,15 @@ def run_dir(tmp_path_factory, smol_dir):
         "--set",
         "train.learning_rate=2e-3",
         "--set",
-        "train.eval_every=15",
+        # one validation, at the last step (the demo's own eval_every): a second one at step 15 cost a full pass
+        # over the validation split and the guard's general set, and changed no loss, weight or score of the run
+        "train.eval_every=30",
         "--set",
         "eval.max_examples=40",
         "--set",
         "eval.few_shot=0",
+        "--set",
+        f"eval.general={general}",
     )
     return out
 
@@ -72,6 +88,7 @@ def test_tuned_model_beats_the_base_model_on_held_out_tickets(run_dir):
     # the tuned model stops after its answer: the end-of-turn token was trained although it is also the pad token
     tuned_v = next(v for v in report["variants"] if v["key"] == "tuned")
     assert tuned_v["completion_tokens_mean"] < 24
+    assert report["forgetting"]["n_general"] == GENERAL_EXAMPLES  # forgetting was measured on the real model
 
 
 def test_run_folder_holds_every_artifact(run_dir):
@@ -107,6 +124,12 @@ def test_compare_command_reuses_the_base_weights(run_dir, tmp_path):
         "8",
         "--few-shot",
         "0",
+        # The claim is the pair and the shared weights; answers as long as the run's (eval.max_new_tokens=24),
+        # and no second forgetting measurement, which the training run's report already made.
+        "--max-new-tokens",
+        "24",
+        "--general",
+        "none",
         "--out",
         str(tmp_path),
     )
