@@ -43,16 +43,6 @@ def flow(browser, console, tickets, shots) -> dict:
     try:
         page.goto(console.root + "/")
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-        out["first_load"] = page.evaluate(
-            """() => {
-              const nav = performance.getEntriesByType("navigation")[0];
-              const res = performance.getEntriesByType("resource");
-              const paint = performance.getEntriesByName("first-contentful-paint")[0];
-              return {bytes: nav.encodedBodySize + res.reduce((s, r) => s + r.encodedBodySize, 0),
-                      files: res.length + 1, first_paint_ms: paint ? paint.startTime : null,
-                      loaded_ms: nav.loadEventEnd, ready_ms: performance.now()};
-            }"""
-        )
         page.get_by_label("API key").fill("sk-not-a-key")
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_role("alert")).to_contain_text("Incorrect API key")
@@ -145,7 +135,6 @@ def flow(browser, console, tickets, shots) -> dict:
         page.get_by_role("link", name="Jobs", exact=True).click()
         expect(page.get_by_role("link", name=out["job"])).to_be_visible()
         page.screenshot(path=shots / "jobs.png")
-        (shots / "first-load.json").write_text(json.dumps(out["first_load"], indent=1))
     finally:
         t.context.close()
     t.check()
@@ -186,9 +175,28 @@ def test_playground_streams_the_tuned_model(flow):
     assert flow["model"] in flow["models_text"]
 
 
-def test_first_load_is_small(flow):
-    # what the first page load fetches (the sign-in page: HTML, styles, scripts, the chart library)
-    assert flow["first_load"]["bytes"] < 300_000, flow["first_load"]
+FIRST_LOAD = """() => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  const res = performance.getEntriesByType("resource");
+  const paint = performance.getEntriesByName("first-contentful-paint")[0];
+  return {bytes: nav.encodedBodySize + res.reduce((s, r) => s + r.encodedBodySize, 0), files: res.length + 1,
+          first_paint_ms: paint ? paint.startTime : null, loaded_ms: nav.loadEventEnd, ready_ms: performance.now()};
+}"""
+
+
+def test_first_load_is_small(browser, console, shots):
+    """What the first page load fetches (the sign-in page: HTML, styles, scripts, the chart library), each time
+    in a fresh browser context (nothing cached); its timings go to first-load.json for the notes, not asserted."""
+    loads = []
+    for _ in range(3):
+        t = new_tab(browser, console)
+        t.page.goto(console.root + "/")
+        expect(t.page.get_by_role("heading", name="Sign in")).to_be_visible()
+        loads.append(t.page.evaluate(FIRST_LOAD))
+        t.context.close()
+        t.check()
+    (shots / "first-load.json").write_text(json.dumps(loads, indent=1))
+    assert all(load["bytes"] < 300_000 for load in loads), loads
 
 
 def test_bad_file_shows_its_line_numbered_problem(browser, console, tmp_path, shots):
