@@ -153,6 +153,14 @@ def estimate(
         bool, typer.Option("--time/--no-time", help="Also time a few training micro-batches.")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Per rank of a data-parallel run on N processes (default: train.distributed.num_processes).",
+        ),
+    ] = None,
 ) -> None:
     """Predict peak memory and time per epoch of a run before training it."""
     import json
@@ -161,15 +169,27 @@ def estimate(
     from tuneforge.models.memory import explain
     from tuneforge.recipes.run import probe
 
-    with probe(api.load_config(config, set_ or [])) as rec:  # the real run folder is left untouched
-        est = rec.estimate(timing=timing)
+    cfg = api.load_config(config, set_ or [])
+    ranks = nproc or cfg.train.distributed.num_processes
+    with probe(cfg) as rec:  # the real run folder is left untouched
+        # timed steps of one rank's share would run on all the cores, not its share of them: memory only
+        est = rec.estimate(timing=timing and ranks == 1, ranks=ranks)
         total_steps, steps_per_epoch = rec.loop.total_steps, rec.loop.steps_per_epoch
+        trainable = sum(p.numel() for p in rec.loop.model.parameters() if p.requires_grad)
     d = est.to_dict()
+    if ranks > 1:
+        # A ring all-reduce sends and receives 2 (N-1)/N of the fp32 gradient buffer per rank and step.
+        d.update(ranks=ranks, allreduce_bytes_per_step=int(8 * trainable * (ranks - 1) / ranks))
     if timing and est.seconds_per_epoch is not None:
         d["seconds_total"] = est.seconds_per_epoch * total_steps / steps_per_epoch
     if as_json:
         print(json.dumps(d, indent=1))
         return
+    if ranks > 1:
+        _console().print(
+            f"per rank of {ranks} (ddp: each rank holds the whole model and 1/{ranks} of each step's examples; "
+            f"{d['allreduce_bytes_per_step'] / 1e6:.1f} MB of gradients exchanged per rank and step):"
+        )
     _console().print(explain(est))
     if "seconds_total" in d:
         _console().print(f"time for the whole run ({total_steps} steps): {d['seconds_total']:.0f} s")

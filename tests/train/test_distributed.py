@@ -80,10 +80,11 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(single, tiny_mo
     assert one_val.keys() == two_val.keys() and one_val
     for step, loss in one_val.items():
         assert two_val[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+
     # one run folder, written once: the same files as the single process's, and no rank's scratch left behind
-    names = lambda run: sorted(
-        p.relative_to(run).as_posix() for p in run.rglob("*") if "checkpoints" not in p.parts
-    )  # noqa: E731
+    def names(run: Path) -> list[str]:
+        return sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if "checkpoints" not in p.parts)
+
     assert names(tmp_path / "two") == names(single)
     assert not list(Path("/tmp").glob("tuneforge-rank1-*"))
 
@@ -113,3 +114,25 @@ def test_a_killed_rank_resumes_from_rank_0s_checkpoint_and_ends_as_uninterrupted
     last = max(one_train)
     assert max(two_train) == last and two_train[last] == pytest.approx(one_train[last], rel=1e-5, abs=1e-6)
     assert two_val[max(one_val)] == pytest.approx(one_val[max(one_val)], rel=1e-5, abs=1e-6)
+
+
+def test_estimate_per_rank_says_what_each_rank_holds_and_exchanges(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    cfg = str(write_config(tiny_model_dir, tmp_path, "est"))
+    one = CliRunner().invoke(app, ["estimate", cfg, "--no-time", "--json"])
+    two = CliRunner().invoke(app, ["estimate", cfg, "--no-time", "--json", "--nproc", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    one_d = json.loads(one.output[one.output.index("{") :])
+    two_d = json.loads(two.output[two.output.index("{") :])
+    assert "ranks" not in one_d and two_d["ranks"] == 2
+    # a whole model per rank: the same weights and optimizer state as one process
+    assert two_d["parts"]["gradients + optimizer state"] == one_d["parts"]["gradients + optimizer state"]
+    assert (
+        two_d["parts"]["activations (largest micro-batch)"]
+        <= one_d["parts"]["activations (largest micro-batch)"]
+    )
+    trainable = one_d["parts"]["gradients + optimizer state"] // 12  # fp32 gradient + AdamW's two moments
+    assert two_d["allreduce_bytes_per_step"] == 8 * trainable // 2

@@ -370,22 +370,28 @@ class FineTune:
                 "try " + "; or ".join(est.suggestions) + " (or --set train.memory_check=false to try anyway)",
             )
 
-    def estimate(self, timing: bool = False) -> Estimate:
-        """Predicted peak memory (and time per epoch when `timing`) of this run as set up.
+    def estimate(self, timing: bool = False, ranks: int = 1) -> Estimate:
+        """Predicted peak memory (and time per epoch when `timing`) of this run as set up; with `ranks` > 1, of
+        one data-parallel rank: a whole model, and rank 0's share of each step (the largest).
 
         Timing runs a few real optimizer steps of different sizes and puts the weights, optimizer, scheduler and
         random state back afterwards, so the run itself is unchanged.
         """
         loop, t = self.loop, self.cfg.train
         shapes, step_tokens, targets = [], [], 0
-        for step in range(loop.steps_per_epoch):
-            n = 0
-            for mb in loop.micro_batches(step):
-                rows, length = loop.rows_per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
-                shapes.append((rows, length))
-                targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
-                n += rows * length
-            step_tokens.append(n)
+        own = loop.ranks
+        loop.ranks = distributed.Ranks(0, ranks) if ranks > 1 else own
+        try:
+            for step in range(loop.steps_per_epoch):
+                n = 0
+                for mb in loop.micro_batches(step):
+                    rows, length = loop.rows_per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
+                    shapes.append((rows, length))
+                    targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
+                    n += rows * length
+                step_tokens.append(n)
+        finally:
+            loop.ranks = own
         conf = self.lm.model.config
         rng = ckpt.rng_state()  # the probe must not shift the run's random stream (dropout)
         try:
