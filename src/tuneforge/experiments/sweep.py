@@ -217,14 +217,26 @@ def _study(optuna: Any, sweep: SweepConfig) -> tuple[Any, int]:
     return study, n_trials
 
 
-def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: bool) -> dict[str, Any]:
-    """Train one trial, reporting each validation to Optuna (which may prune it); its record for trials.csv."""
+def _trial_config(
+    trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: bool, where: str = ""
+) -> tuple[dict[str, Any], Path, RunConfig]:
+    """A trial's sampled parameters, its run folder and its config (announced with `show`)."""
     from tuneforge.progress import console
-    from tuneforge.recipes.run import finetune
 
     params = {k: _suggest(trial, k, sweep.space[k]) for k in sweep.space}
     run_dir = out / f"trial-{trial.number:03d}"
-    cfg = apply_trial(base, params, run_dir)
+    if show:
+        console.print(
+            f"[bold]trial {trial.number}[/]{where}: " + ", ".join(f"{k}={v}" for k, v in params.items())
+        )
+    return params, run_dir, apply_trial(base, params, run_dir)
+
+
+def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: bool) -> dict[str, Any]:
+    """Train one trial, reporting each validation to Optuna (which may prune it); its record for trials.csv."""
+    from tuneforge.recipes.run import finetune
+
+    params, run_dir, cfg = _trial_config(trial, sweep, base, out, show)
     state: dict[str, Any] = {"evals": 0, "prune": False, "curve": []}
 
     def on_event(kind: str, row: dict[str, Any]) -> None:
@@ -235,8 +247,6 @@ def _trial(trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: boo
             if trial.should_prune():
                 state["prune"] = True
 
-    if show:
-        console.print(f"[bold]trial {trial.number}[/]: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     t0 = time.time()
     summary = finetune(
         cfg, overwrite=True, evaluate=False, on_event=on_event, should_stop=lambda: state["prune"], show=False
@@ -249,16 +259,9 @@ def _trial_on_ray(
     trial: Any, sweep: SweepConfig, base: RunConfig, out: Path, show: bool, cluster: Any, ray: RayTrials
 ) -> dict[str, Any]:
     """One trial as a Ray task; its validation losses, read from its run folder, are reported to Optuna after."""
-    from tuneforge.progress import console
     from tuneforge.recipes.ray_tasks import submit_finetune
 
-    params = {k: _suggest(trial, k, sweep.space[k]) for k in sweep.space}
-    run_dir = out / f"trial-{trial.number:03d}"
-    cfg = apply_trial(base, params, run_dir)
-    if show:
-        console.print(
-            f"[bold]trial {trial.number}[/] on Ray: " + ", ".join(f"{k}={v}" for k, v in params.items())
-        )
+    params, run_dir, cfg = _trial_config(trial, sweep, base, out, show, " on Ray")
     t0 = time.time()
     ref = submit_finetune(cluster, cfg, ray.cpus, ray.gpus, overwrite=True, evaluate=False, show=False)
     summary = cluster.get(ref)

@@ -58,6 +58,13 @@ def check_file(path: Path, param: str, label: str, min_examples: int) -> Checked
     return CheckedFile(loaded.examples, loaded.format, [p for p in problems if p.severity == "warning"])
 
 
+def check_for_method(path: Path, param: str, label: str, method_type: str, min_examples: int) -> CheckedFile:
+    """One of a job's files read and checked, and checked to hold what its method trains on."""
+    checked = check_file(path, param, label, min_examples)
+    check_method_fits(checked, method_type, param, label)
+    return checked
+
+
 def check_method_fits(checked: CheckedFile, method_type: str, param: str, label: str) -> None:
     """DPO trains on preference pairs, supervised jobs on conversations: a file of the other kind fails the job
     with the method it would suit."""

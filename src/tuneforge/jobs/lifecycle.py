@@ -20,7 +20,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.prepare import read_split
 from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 from tuneforge.jobs import openai, store
-from tuneforge.jobs.checks import JobError, check_file, check_method_fits
+from tuneforge.jobs.checks import JobError, check_for_method
 from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
 from tuneforge.rundir import RunDir
 from tuneforge.settings import Settings
@@ -144,13 +144,13 @@ class JobRun:
         self._event(f"Validating training file: {job.training_file}")
         train_path, val_path = self._file_paths(job)
         labels = self._file_labels(job)
-        checked = check_file(train_path, "training_file", labels[0], self.settings.min_examples)
-        check_method_fits(checked, job.method_type, "training_file", labels[0])
+        checked = check_for_method(
+            train_path, "training_file", labels[0], job.method_type, self.settings.min_examples
+        )
         n_val = None
         if val_path is not None:
             self._event(f"Validating validation file: {job.validation_file}")
-            checked_val = check_file(val_path, "validation_file", labels[1], 1)
-            check_method_fits(checked_val, job.method_type, "validation_file", labels[1])
+            checked_val = check_for_method(val_path, "validation_file", labels[1], job.method_type, 1)
             n_val = len(checked_val.examples)
         resolved = openai.resolve(job.hyperparameters, len(checked.examples))
         with store.transaction(self.sessions) as db:
@@ -209,10 +209,10 @@ class JobRun:
         )
 
     def _run_config(self, job: _JobView, resolved: dict[str, Any]) -> RunConfig:
-        s = self.settings
         # looked up again: a job validated in an earlier attempt skips _validate, and a file may be gone since
         train_path, validation_path = self._file_paths(job)
-        return openai.run_config(
+        return openai.job_run_config(
+            self.settings,
             run_dir=Path(job.run_dir),
             base_source=self._base_source(job.model),
             train_path=train_path,
@@ -223,8 +223,6 @@ class JobRun:
             requested=job.hyperparameters,
             extras=job.extras,
             seed=job.seed,
-            base_learning_rate=openai.base_learning_rate(job.training_type, s),
-            max_length=int(job.extras.get("max_length") or s.max_length),
         )
 
     def _base_source(self, model: str) -> str:

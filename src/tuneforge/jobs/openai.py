@@ -246,6 +246,17 @@ def _is_object(line: str) -> bool:
 # -------------------------------------------------------------------------------------------- run config
 
 
+def job_run_config(settings: Settings, **fields: Any) -> RunConfig:
+    """`run_config` with what the server's settings decide: the method's base learning rate and the longest
+    example (the job's `max_length`, else the server's). The worker and the estimate route build it alike."""
+    longest = fields["extras"].get("max_length") or settings.max_length
+    return run_config(
+        **fields,
+        base_learning_rate=base_learning_rate(fields["training_type"], settings),
+        max_length=int(longest),
+    )
+
+
 def run_config(
     *,
     run_dir: Path,
@@ -261,8 +272,8 @@ def run_config(
     max_length: int,
     requested: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """The run config of a job: no test split (nothing is held out of the user's training file for testing),
-    validation from the validation file or else a split of the training file (`validation_split`), records kept
+    """The run config of a job: a test split only where the job asks for one (`test_split`), validation from the
+    validation file or else a split of the training file (`validation_split`), records kept
     as given (no de-duplication: the job trains on what was sent). The method keeps its own defaults (LoRA: r 16,
     alpha 32, all linear layers) unless the extras set them.
 

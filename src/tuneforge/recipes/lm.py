@@ -80,9 +80,8 @@ class FineTune:
         self._prepare_data()
         model, precision, penalty = self._prepare_model()
         cfg = self.cfg = self._resolve_auto(model, precision, has_progress)
-        if (
-            distributed.current().active
-        ):  # every rank trains with what rank 0 resolved ("auto" rate, epochs ...)
+        # Data parallel: every rank trains with what rank 0 resolved ("auto" rate, epochs ...).
+        if distributed.current().active:
             cfg = self.cfg = distributed.from_main(cfg).model_copy(update={"run_dir": cfg.run_dir})
         guard = self._guard(model, precision) if cfg.forgetting.guard else None
         self.loop = Loop(
@@ -379,19 +378,15 @@ class FineTune:
         """
         loop, t = self.loop, self.cfg.train
         shapes, step_tokens, targets = [], [], 0
-        own = loop.ranks
-        loop.ranks = distributed.Ranks(0, ranks) if ranks > 1 else own
-        try:
-            for step in range(loop.steps_per_epoch):
-                n = 0
-                for mb in loop.micro_batches(step):
-                    rows, length = loop.rows_per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
-                    shapes.append((rows, length))
-                    targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
-                    n += rows * length
-                step_tokens.append(n)
-        finally:
-            loop.ranks = own
+        share = distributed.Ranks(0, ranks) if ranks > 1 else None
+        for step in range(loop.steps_per_epoch):
+            n = 0
+            for mb in loop.micro_batches(step, share):
+                rows, length = loop.rows_per_item * len(mb), max(len(self.train_seqs[i]) for i in mb)
+                shapes.append((rows, length))
+                targets = max(targets, sum(self.train_seqs[i].n_target for i in mb))
+                n += rows * length
+            step_tokens.append(n)
         conf = self.lm.model.config
         rng = ckpt.rng_state()  # the probe must not shift the run's random stream (dropout)
         try:

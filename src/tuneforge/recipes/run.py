@@ -103,9 +103,8 @@ def finetune(
     options: dict[str, Any] = {"on_event": on_event, "should_stop": should_stop, "device": device}
     ranks = distributed.init(device)
     scratch = None
-    if (
-        ranks.active
-    ):  # launched by torchrun (`tuneforge train --nproc N`): this process is one data-parallel rank
+    # Launched by torchrun (`tuneforge train --nproc N`): this process is one data-parallel rank.
+    if ranks.active:
         options["device"] = distributed.device_for(device, ranks)
         if not ranks.main:  # rank 0 writes the run folder and evaluates; this rank writes into a scratch one
             scratch = distributed.scratch_dir(ranks)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -88,6 +88,14 @@ def sum_all(values: Sequence[float]) -> list[float]:
     t = torch.tensor(list(values), dtype=torch.float64, device=_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def sum_figures(values: Sequence[float], stats: dict[str, float]) -> tuple[list[float], dict[str, float]]:
+    """`values` and the named `stats` summed over all ranks. The names are rank 0's: a rank that saw nothing of
+    this step or split has none of its own."""
+    keys = from_main(sorted(stats))
+    total = sum_all([*values, *(stats.get(k, 0.0) for k in keys)])
+    return total[: len(values)], dict(zip(keys, total[len(values) :], strict=True))
 
 
 def any_rank(flag: bool) -> bool:
@@ -200,7 +208,3 @@ def describe(r: Ranks, batch_size: int, grad_accum: int) -> str:
         f"step's {batch_size} x {grad_accum} examples are shared out, about {per:g} x {grad_accum} per rank; "
         "gradients summed across ranks before the update; rank 0 writes the run folder"
     )
-
-
-def as_dict(r: Ranks) -> dict[str, Any]:
-    return {"rank": r.rank, "world": r.world, "local_rank": r.local_rank}

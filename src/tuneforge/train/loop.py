@@ -200,18 +200,19 @@ class Loop:
         self.on_event("message", {"message": msg, "total_steps": self.total_steps})
 
     # --------------------------------------------------------------------------------------------- batches
-    def micro_batches(self, step: int) -> list[list[int]]:
-        """The micro-batches (lists of item indices) of optimizer step `step` — a pure function."""
+    def micro_batches(self, step: int, ranks: distributed.Ranks | None = None) -> list[list[int]]:
+        """The micro-batches (lists of item indices) of optimizer step `step` — a pure function — for this rank,
+        or for rank `ranks.rank` of `ranks.world` (what the estimate asks)."""
         t = self.cfg.train
+        ranks = ranks or self.ranks
         lengths = [self.rows_per_item * len(s) for s in self.train_items]  # a pair fills twice the budget
         out = []
         for k in range(step * t.grad_accum, (step + 1) * t.grad_accum):
             epoch, pos = divmod(k, self.batches_per_epoch)
             batch = self._epoch_order(epoch, lengths)[pos]
-            if (
-                self.ranks.active
-            ):  # this rank's share of the batch (the batch itself is the same on every rank)
-                batch = distributed.share(batch, self.ranks)
+            # this rank's share of the batch (the batch itself is the same on every rank)
+            if ranks.active:
+                batch = distributed.share(batch, ranks)
             if batch:
                 out.extend(split_by_tokens(batch, lengths, self.micro_budget))
         return out
@@ -370,11 +371,10 @@ class Loop:
 
     def _summed(self, sums: StepSums) -> StepSums:
         """A step's figures summed over the ranks (each saw its share of the step)."""
-        keys = distributed.from_main(sorted(sums.stats))
-        total = distributed.sum_all(
-            [sums.loss_sum, sums.correct, float(sums.real_tokens), *(sums.stats.get(k, 0.0) for k in keys)]
+        (loss_sum, correct, tokens), stats = distributed.sum_figures(
+            [sums.loss_sum, sums.correct, float(sums.real_tokens)], sums.stats
         )
-        return StepSums(total[0], sums.norm, total[1], dict(zip(keys, total[3:], strict=True)), int(total[2]))
+        return StepSums(loss_sum, sums.norm, correct, stats, int(tokens))
 
     # ------------------------------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -401,10 +401,7 @@ class Loop:
         if was_training:
             self.model.train()
         if self.ranks.active:
-            keys = distributed.from_main(sorted(stats))
-            total = distributed.sum_all([loss, weight, correct, *(stats.get(k, 0.0) for k in keys)])
-            loss, weight, correct = total[:3]
-            stats = dict(zip(keys, total[3:], strict=True))
+            (loss, weight, correct), stats = distributed.sum_figures([loss, weight, correct], stats)
         vl = loss / max(weight, 1e-9)
         out = {"val_loss": vl, f"val_{obj.accuracy}": correct / max(weight, 1e-9)}
         if obj.perplexity:

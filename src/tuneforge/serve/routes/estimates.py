@@ -8,7 +8,6 @@ run one at a time: a second one meanwhile is answered 429 with Retry-After.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Request
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.jobs import openai
-from tuneforge.jobs.checks import JobError, check_file, check_method_fits
+from tuneforge.jobs.checks import JobError, check_for_method
 from tuneforge.serve.auth import Tenant
 from tuneforge.serve.deps import SettingsDep, db_session
 from tuneforge.serve.errors import bad_request, busy
@@ -66,33 +65,31 @@ def _estimate(
     try:
         for param, (path, label) in paths.items():
             fewest = settings.min_examples if param == "training_file" else 1
-            checked[param] = check_file(path, param, label, fewest)
-            check_method_fits(checked[param], method_type, param, label)
+            checked[param] = check_for_method(path, param, label, method_type, fewest)
     except JobError as e:  # what the job would fail with, said now
         raise bad_request(e.message, e.param, e.code) from None
     requested = hp.openai_part()
     extras = hp.extensions()
-    with tempfile.TemporaryDirectory(prefix="tuneforge-estimate-") as tmp:
-        cfg = openai.run_config(
-            run_dir=Path(tmp) / "run",
-            base_source=settings.base_models[body.model],
-            train_path=paths["training_file"][0],
-            validation_path=paths["validation_file"][0] if "validation_file" in paths else None,
-            training_type=body.training_type,
-            method_type=method_type,
-            resolved=openai.resolve(requested, len(checked["training_file"].examples)),
-            requested=requested,
-            extras=extras,
-            seed=body.seed or 0,
-            base_learning_rate=openai.base_learning_rate(body.training_type, settings),
-            max_length=int(extras.get("max_length") or settings.max_length),
-        )
-        try:
-            with probe(cfg, device=settings.device) as rec:
-                est = rec.estimate(timing=timing)
-                total, per_epoch = rec.loop.total_steps, rec.loop.steps_per_epoch
-        except TuneforgeError as e:
-            raise bad_request(str(e), None, "estimate_failed") from None
+    # probe() prepares the run in a scratch folder of its own: this run_dir is never written
+    cfg = openai.job_run_config(
+        settings,
+        run_dir=settings.runs_dir / "estimate",
+        base_source=settings.base_models[body.model],
+        train_path=paths["training_file"][0],
+        validation_path=paths["validation_file"][0] if "validation_file" in paths else None,
+        training_type=body.training_type,
+        method_type=method_type,
+        resolved=openai.resolve(requested, len(checked["training_file"].examples)),
+        requested=requested,
+        extras=extras,
+        seed=body.seed or 0,
+    )
+    try:
+        with probe(cfg, device=settings.device) as rec:
+            est = rec.estimate(timing=timing)
+            total, per_epoch = rec.loop.total_steps, rec.loop.steps_per_epoch
+    except TuneforgeError as e:
+        raise bad_request(str(e), None, "estimate_failed") from None
     out = est.to_dict()
     out.update(total_steps=total, steps_per_epoch=per_epoch)
     if est.seconds_per_epoch is not None and per_epoch:

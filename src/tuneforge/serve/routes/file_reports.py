@@ -67,15 +67,27 @@ def inspect(
             path, count_tokens=count, render=render, min_examples=settings.min_examples, preview=preview
         )
     except TuneforgeError as e:
-        raise bad_request(_placed(str(e), path, filename), "file_id", "unreadable_file") from None
-    report = json.loads(_placed(json.dumps(report), json.dumps(path)[1:-1], filename))
+        raise bad_request(renamed(str(e), places(path, filename)), "file_id", "unreadable_file") from None
+    report = renamed_json(report, places(path, filename))
     report["filename"] = filename
     if note:
         report["note"] = note
     return report
 
 
-def _placed(text: str, path: str, filename: str) -> str:
-    """Places in the stored file ("/srv/files/file-abc.jsonl:12") as the user knows them ("line 12"); the server's
-    path is never shown."""
-    return text.replace(path + ":", "line ").replace(path, filename)
+def places(path: str, filename: str) -> list[tuple[str, str]]:
+    """Places in the stored file ("/srv/files/file-abc.jsonl:12") as the user knows them ("line 12"): the
+    server's path is never shown."""
+    return [(path + ":", "line "), (path, filename)]
+
+
+def renamed(text: str, renames: list[tuple[str, str]]) -> str:
+    for old, new in renames:
+        text = text.replace(old, new)
+    return text
+
+
+def renamed_json(data: Any, renames: list[tuple[str, str]]) -> Any:
+    """`data` with `renames` applied to every string in it (through its JSON text, each side escaped as JSON)."""
+    escaped = [(json.dumps(old)[1:-1], json.dumps(new)[1:-1]) for old, new in renames]
+    return json.loads(renamed(json.dumps(data), escaped))

@@ -16,6 +16,7 @@ from tuneforge.jobs.store import File
 from tuneforge.serve.auth import Tenant
 from tuneforge.serve.deps import SettingsDep, db_session
 from tuneforge.serve.errors import APIError
+from tuneforge.serve.routes.file_reports import places, renamed_json
 from tuneforge.serve.routes.fine_tuning import get_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -47,17 +48,13 @@ def report(fine_tuning_job_id: str, request: Request, settings: SettingsDep, own
             f"{status}).",
             "report_not_ready",
         )
-    text = path.read_text(encoding="utf-8")
     # What the server's paths mean to the user: lines of their file, the models' ids.
-    renames = [(str(Path(run_dir)), tuned or fine_tuning_job_id)]
-    if train is not None:
-        renames[:0] = [(train.path + ":", "line "), (train.path, train.filename)]
+    renames = places(train.path, train.filename) if train is not None else []
+    renames.append((str(Path(run_dir)), tuned or fine_tuning_job_id))
     source = settings.base_models.get(model)
     if source:
         renames.append((source, model))
-    for old, new in renames:
-        text = text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
-    out = json.loads(text)
+    out = renamed_json(json.loads(path.read_text(encoding="utf-8")), renames)
     out.update(base_model=model, tuned_model=tuned)
     return out
 
