@@ -167,30 +167,48 @@ def estimate(
 
     from tuneforge import api
     from tuneforge.models.memory import explain
+    from tuneforge.models.memory import gib as memory_gib
     from tuneforge.recipes.run import probe
 
     cfg = api.load_config(config, set_ or [])
     ranks = nproc or cfg.train.distributed.num_processes
+    strategy = cfg.train.distributed.strategy
     with probe(cfg) as rec:  # the real run folder is left untouched
         # timed steps of one rank's share would run on all the cores, not its share of them: memory only
         est = rec.estimate(timing=timing and ranks == 1, ranks=ranks)
         total_steps, steps_per_epoch = rec.loop.total_steps, rec.loop.steps_per_epoch
-        trainable = sum(p.numel() for p in rec.loop.model.parameters() if p.requires_grad)
+        if ranks > 1:
+            per_rank = {"ddp": (est, rec.allreduce_bytes(ranks)), "fsdp": rec.sharded_estimate(est, ranks)}
     d = est.to_dict()
     if ranks > 1:
-        # A ring all-reduce sends and receives 2 (N-1)/N of the fp32 gradient buffer per rank and step.
-        d.update(ranks=ranks, allreduce_bytes_per_step=int(8 * trainable * (ranks - 1) / ranks))
+        est, traffic = per_rank[strategy]
+        d = est.to_dict() | {"ranks": ranks, "strategy": strategy, "bytes_exchanged_per_step": traffic}
+        d["strategies"] = {k: {"peak_bytes": e.peak_bytes, "fits": e.fits} for k, (e, _) in per_rank.items()}
     if timing and est.seconds_per_epoch is not None:
         d["seconds_total"] = est.seconds_per_epoch * total_steps / steps_per_epoch
     if as_json:
         print(json.dumps(d, indent=1))
         return
     if ranks > 1:
+        holds = (
+            f"each rank holds 1/{ranks} of the weights, gradients and optimizer state"
+            if strategy == "fsdp"
+            else "each rank holds the whole model"
+        )
         _console().print(
-            f"per rank of {ranks} (ddp: each rank holds the whole model and 1/{ranks} of each step's examples; "
-            f"{d['allreduce_bytes_per_step'] / 1e6:.1f} MB of gradients exchanged per rank and step):"
+            f"per rank of {ranks} ({strategy}: {holds} and 1/{ranks} of each step's examples; "
+            f"{d['bytes_exchanged_per_step'] / 1e6:.1f} MB exchanged per rank and step):"
         )
     _console().print(explain(est))
+    if ranks > 1:
+        other = "ddp" if strategy == "fsdp" else "fsdp"
+        alt = per_rank[other][0]
+        if not est.fits and alt.fits:
+            _console().print(
+                f"[green]train.distributed.strategy={other} fits:[/] about {memory_gib(alt.peak_bytes)} per rank"
+            )
+        elif alt.peak_bytes < est.peak_bytes:
+            _console().print(f"(strategy {other}: about {memory_gib(alt.peak_bytes)} per rank)")
     if "seconds_total" in d:
         _console().print(f"time for the whole run ({total_steps} steps): {d['seconds_total']:.0f} s")
     if not est.fits:

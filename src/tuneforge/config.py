@@ -216,23 +216,88 @@ def method_section(value: Any) -> MethodConfig:
 
 
 # --------------------------------------------------------------------------------------------- objective
-class ObjectiveConfig(Section):
-    """What the loss rewards: supervised answers (sft), preferences between two answers (dpo, orpo), or answers
-    judged one at a time as desirable or not (kto)."""
+BUILTIN_REWARDS = ("json_valid", "json_schema", "exact_match", "field_match", "regex", "length_penalty")
+REWARD_ARGS = {
+    "json_schema": "a JSON Schema file",
+    "field_match": "a list of field names",
+    "regex": "a pattern",
+}
 
-    name: Literal["sft", "dpo", "orpo", "kto"] = Field(
+
+class RewardConfig(Section):
+    """One reward function of objective grpo and its weight (train/rewards.py). In YAML a reward is written as
+    its name (`json_valid`, `exact_match`, `length_penalty`, or `module:function`) or as a one-key mapping with
+    its argument (`field_match: [queue, priority]`, `json_schema: schema.json`, `regex: PATTERN`,
+    `function: module:function`), plus an optional `weight`."""
+
+    kind: str = Field(description=f"{', '.join(BUILTIN_REWARDS)}, or function (a Python `module:function`).")
+    arg: Any = Field(
+        None, description="The reward's argument (fields, schema file, pattern, module:function)."
+    )
+    weight: float = Field(1.0, description="Its weight in the total reward.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"kind": "function", "arg": v} if ":" in v else {"kind": v}
+        if isinstance(v, dict) and "kind" not in v:
+            named = [k for k in v if k != "weight"]
+            if len(named) != 1:
+                raise ValueError(
+                    f"a reward is one name with its argument (and an optional weight), got keys {sorted(v)}"
+                )
+            return {"kind": named[0], "arg": v[named[0]], "weight": v.get("weight", 1.0)}
+        return v
+
+    @model_validator(mode="after")
+    def _known(self) -> RewardConfig:
+        if self.kind == "function":
+            if not isinstance(self.arg, str) or ":" not in self.arg:
+                raise ValueError(f"reward function must be given as module:function, got {self.arg!r}")
+        elif self.kind not in BUILTIN_REWARDS:
+            raise ValueError(
+                f"unknown reward {self.kind!r}: use one of {', '.join(BUILTIN_REWARDS)}, or module:function"
+            )
+        elif self.kind in REWARD_ARGS and self.arg in (None, "", []):
+            raise ValueError(f"reward {self.kind} needs {REWARD_ARGS[self.kind]}, e.g. {self.kind}: ...")
+        return self
+
+
+class ObjectiveConfig(Section):
+    """What the loss rewards: supervised answers (sft), preferences between two answers (dpo, orpo), answers
+    judged one at a time as desirable or not (kto), or a score that reward functions give sampled answers
+    (grpo)."""
+
+    name: Literal["sft", "dpo", "orpo", "kto", "grpo"] = Field(
         "sft",
         description="`sft`: cross-entropy on the answer tokens. `dpo` (Rafailov et al. 2023): prefer `chosen` "
         "over `rejected` relative to the base model (= the same weights with adapters off; needs an adapter "
         "method). `orpo` (Hong et al. 2024): SFT on `chosen` plus an odds-ratio penalty; no reference model. "
         "`kto` (Ethayarajh et al. 2024): answers labelled desirable or not (`label: true/false`), no pairs "
-        "needed (a pair counts as one of each); relative to the base model like dpo (needs an adapter method).",
+        "needed (a pair counts as one of each); relative to the base model like dpo (needs an adapter method). "
+        "`grpo` (Shao et al. 2024): samples num_generations answers per prompt, scores them with `rewards`, and "
+        "pushes the model towards the answers above their group's mean (train/grpo.py).",
     )
     beta: float = Field(
         0.1,
-        gt=0,
+        ge=0,
         description="dpo, kto: strength of the pull towards the reference (higher stays closer). orpo: weight "
-        "lambda of the odds-ratio term.",
+        "lambda of the odds-ratio term. grpo: weight of the KL term to the reference (the base with adapters "
+        "off); 0.04 unless set, 0 switches the reference off.",
+    )
+    num_generations: int = Field(4, ge=2, description="grpo: answers sampled per prompt (one group).")
+    max_new_tokens: int = Field(64, ge=1, description="grpo: longest sampled answer.")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="grpo: nucleus sampling share.")
+    epsilon: float = Field(
+        0.2,
+        gt=0,
+        description="grpo: clip range of the probability ratio to the sampling policy (PPO's epsilon).",
+    )
+    rewards: list[RewardConfig] = Field(
+        default_factory=list,
+        description="grpo: reward functions with weights, e.g. [{field_match: [queue, priority]}, json_valid].",
     )
     desirable_weight: float = Field(
         1.0,
@@ -251,6 +316,18 @@ class ObjectiveConfig(Section):
             raise ValueError(
                 f"objective.desirable_weight and undesirable_weight apply to objective kto, not {self.name}"
             )
+        if self.name == "grpo":
+            if not self.rewards:
+                raise ValueError(
+                    "objective grpo needs rewards: e.g. rewards: [{field_match: [queue, priority]}] or "
+                    "[exact_match], or your own module:function"
+                )
+            if "beta" not in self.model_fields_set:
+                object.__setattr__(self, "beta", 0.04)  # GRPO's own default (DeepSeekMath), not dpo's 0.1
+        elif self.rewards:
+            raise ValueError(f"objective.rewards apply to objective grpo, not {self.name}")
+        elif self.beta == 0:
+            raise ValueError(f"objective.beta must be above 0 for {self.name}")
         return self
 
 
@@ -304,10 +381,12 @@ class ForgettingConfig(Section):
 class DistributedConfig(Section):
     """Training on several processes (`tuneforge train --nproc N` says the same on the command line)."""
 
-    strategy: Literal["ddp"] = Field(
+    strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="ddp: every rank a whole copy of the model, each optimizer step's examples shared out, "
-        "gradients summed before the update (fsdp and deepspeed are not built yet).",
+        "gradients summed before the update. fsdp: the same updates with parameters, gradients and optimizer "
+        "state sharded over the ranks (FSDP2; for a model that does not fit one device; LoRA shards the frozen "
+        "base too). deepspeed is not built yet.",
     )
     num_processes: int = Field(
         1, ge=1, description="Ranks on this machine (torchrun); 1: one process, as without this section."

@@ -71,7 +71,7 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(single, tiny_mo
     out = finished(
         tuneforge("train", str(write_config(tiny_model_dir, tmp_path, "two")), "--nproc", "2", "--no-eval")
     )
-    assert "Data parallel over 2 ranks (gloo)" in out
+    assert "Data parallel over 2 ranks (gloo, ddp)" in out
     one_train, one_val = metrics(single)
     two_train, two_val = metrics(tmp_path / "two")
     assert one_train.keys() == two_train.keys() and len(one_train) >= 10
@@ -94,7 +94,18 @@ def test_a_killed_rank_resumes_from_rank_0s_checkpoint_and_ends_as_uninterrupted
 ):
     cfg = str(write_config(tiny_model_dir, tmp_path, "killed", "train.save_every=3"))
     proc = tuneforge("train", cfg, "--nproc", "2", "--no-eval")
-    ckpts = tmp_path / "killed" / "checkpoints"
+    kill_one_rank_after_a_checkpoint(proc, tmp_path / "killed")
+    out = finished(tuneforge("train", cfg, "--nproc", "2", "--resume", "--no-eval"))
+    assert "Resumed from step-" in out
+    one_train, one_val = metrics(single)
+    two_train, two_val = metrics(tmp_path / "killed")
+    last = max(one_train)
+    assert max(two_train) == last and two_train[last] == pytest.approx(one_train[last], rel=1e-5, abs=1e-6)
+    assert two_val[max(one_val)] == pytest.approx(one_val[max(one_val)], rel=1e-5, abs=1e-6)
+
+
+def kill_one_rank_after_a_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+    ckpts = run / "checkpoints"
     deadline = time.time() + 240
     while not any(ckpts.glob("step-*/manifest.json")) if ckpts.exists() else True:
         assert time.time() < deadline and proc.poll() is None, "no checkpoint was written"
@@ -107,13 +118,30 @@ def test_a_killed_rank_resumes_from_rank_0s_checkpoint_and_ends_as_uninterrupted
     os.kill(max(pids), signal.SIGKILL)  # one rank dies: the whole group fails
     proc.wait(120)
     assert proc.returncode != 0
-    out = finished(tuneforge("train", cfg, "--nproc", "2", "--resume", "--no-eval"))
-    assert "Resumed from step-" in out
+
+
+def test_fsdp_shards_the_same_updates_and_resumes_after_a_killed_rank(single, tiny_model_dir, tmp_path):
+    """LoRA over a sharded frozen base (FSDP2 on gloo): every step's loss is the single process's, through a
+    kill -9 of one rank and a resume from the gathered checkpoint; then rank 0 evaluates the whole model alone."""
+    run = tmp_path / "fsdp"
+    cfg = str(write_config(tiny_model_dir, tmp_path, "fsdp", "train.save_every=3"))
+    proc = tuneforge("train", cfg, "--nproc", "2", "--set", "train.distributed.strategy=fsdp", "--no-eval")
+    kill_one_rank_after_a_checkpoint(proc, run)
+    assert (next(run.glob("checkpoints/step-*")) / "sharded").is_dir()  # each rank wrote its shards
+    out = finished(
+        tuneforge("train", cfg, "--nproc", "2", "--set", "train.distributed.strategy=fsdp", "--resume")
+    )
+    assert "Data parallel over 2 ranks (gloo, fsdp)" in out and "Resumed from step-" in out
     one_train, one_val = metrics(single)
-    two_train, two_val = metrics(tmp_path / "killed")
-    last = max(one_train)
-    assert max(two_train) == last and two_train[last] == pytest.approx(one_train[last], rel=1e-5, abs=1e-6)
-    assert two_val[max(one_val)] == pytest.approx(one_val[max(one_val)], rel=1e-5, abs=1e-6)
+    fsdp_train, fsdp_val = metrics(run)
+    assert fsdp_train.keys() == one_train.keys() and fsdp_val.keys() == one_val.keys()
+    for step, loss in one_train.items():
+        assert fsdp_train[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    for step, loss in one_val.items():
+        assert fsdp_val[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    report = json.loads((run / "report.json").read_text())
+    assert any(v["key"] == "tuned" for v in report["variants"])
 
 
 def test_estimate_per_rank_says_what_each_rank_holds_and_exchanges(tiny_model_dir, tmp_path):
@@ -135,4 +163,18 @@ def test_estimate_per_rank_says_what_each_rank_holds_and_exchanges(tiny_model_di
         <= one_d["parts"]["activations (largest micro-batch)"]
     )
     trainable = one_d["parts"]["gradients + optimizer state"] // 12  # fp32 gradient + AdamW's two moments
-    assert two_d["allreduce_bytes_per_step"] == 8 * trainable // 2
+    assert two_d["strategy"] == "ddp" and two_d["bytes_exchanged_per_step"] == 8 * trainable // 2
+    # fsdp: a rank keeps half the gradients and optimizer state and holds less of the model than a ddp rank
+    res = CliRunner().invoke(
+        app,
+        ["estimate", cfg, "--no-time", "--json", "--nproc", "2", "--set", "train.distributed.strategy=fsdp"],
+    )
+    assert res.exit_code == 0, res.output
+    fsdp = json.loads(res.output[res.output.index("{") :])
+    assert fsdp["strategy"] == "fsdp" and fsdp["strategies"]["fsdp"]["peak_bytes"] == fsdp["peak_bytes"]
+    grads = two_d["parts"]["gradients + optimizer state"]
+    assert fsdp["parts"]["gradients + optimizer state"] == grads // 2
+    assert fsdp["parts"]["in use now"] < two_d["parts"]["in use now"]
+    assert fsdp["peak_bytes"] < fsdp["strategies"]["ddp"]["peak_bytes"]
+    assert two_d["strategies"]["ddp"]["peak_bytes"] == two_d["peak_bytes"]
+    assert fsdp["bytes_exchanged_per_step"] > two_d["bytes_exchanged_per_step"]  # it gathers weights too

@@ -240,6 +240,49 @@ def estimate(
     return est
 
 
+def sharded(
+    est: Estimate, model: nn.Module, layers: Sequence[nn.Module], ranks: int, micro_batches: int
+) -> tuple[Estimate, int]:
+    """`est` (one data-parallel rank holding the whole model) as one rank of FSDP over `ranks`, and the bytes
+    that rank receives and sends per optimizer step of `micro_batches` micro-batches. It keeps 1/N of the
+    weights, gradients and optimizer state, and holds whole at a time the root unit (embeddings, final norm,
+    head: kept between forward and backward) and two blocks (the one computing and the next, being gathered).
+    Each micro-batch gathers every block twice (forward, then again for backward) and the root once, and
+    reduce-scatters the fp32 gradients of what trains."""
+    seen: set[int] = set()
+
+    def size(mod: nn.Module) -> int:
+        n = 0
+        for p in mod.parameters():
+            if id(p) not in seen:  # a tied weight counts once
+                seen.add(id(p))
+                n += p.numel() * p.element_size()
+        return n
+
+    block = max((size(layer) for layer in layers), default=0)
+    blocks = block * len(layers)  # (the blocks are alike)
+    whole = blocks + size(model)  # what is left after the blocks is the root unit
+    root = whole - blocks
+    part = 1 / ranks
+    parts = dict(est.parts)
+    parts["in use now"] = max(0, int(parts["in use now"] - whole * (1 - part)))
+    parts["gradients + optimizer state"] = int(parts["gradients + optimizer state"] * part)
+    parts["weights gathered for compute"] = int((root + 2 * block) * (1 - part))
+    peak = int(sum(parts.values()))
+    out = Estimate(
+        peak,
+        parts,
+        est.available_bytes,
+        est.device,
+        tokens_per_epoch=est.tokens_per_epoch,
+        largest_micro_batch_tokens=est.largest_micro_batch_tokens,
+        suggestions=est.suggestions,
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    traffic = micro_batches * (2 * blocks + root + 4 * trainable) * (1 - part)
+    return out, int(traffic)
+
+
 def suggestions(
     est: Estimate,
     act: ActivationModel,

@@ -146,6 +146,24 @@ def check_objective(cfg: RunConfig) -> None:
                 f"objective {o.name} takes its reference from the base model with adapters off, and method "
                 f"{cfg.method.name} has none: use method lora, or {other}"
             )
+    if o.name == "grpo":
+        if cfg.data.format in ("text", "preference", "classification"):
+            raise ValueError(
+                f"objective grpo samples answers to prompts but data.format is {cfg.data.format}: give chat or "
+                "prompt/completion records (the completion is the reference the rewards compare with)"
+            )
+        if cfg.train.packing:
+            raise ValueError("objective grpo samples whole answers: set train.packing to false")
+        if f.replay > 0 or f.distill > 0 or f.ewc > 0:
+            raise ValueError(
+                "forgetting.replay, distill and ewc work with objective sft; grpo's beta keeps the model near "
+                "its reference"
+            )
+        if o.beta > 0 and not adapters:
+            raise ValueError(
+                f"objective grpo's KL term takes its reference from the base model with adapters off, and method "
+                f"{cfg.method.name} has none: use method lora, or set objective.beta: 0 (no reference)"
+            )
     if f.distill > 0 and not adapters:
         raise ValueError(
             f"forgetting.distill compares with the base model (the same weights with adapters off), and method "

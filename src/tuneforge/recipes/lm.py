@@ -20,11 +20,17 @@ import torch
 from tuneforge.config import RunConfig, with_absolute_paths
 from tuneforge.data.pack import pack
 from tuneforge.data.tokenize import TokenizeReport, label_set
-from tuneforge.errors import DataError, MemoryBudgetError
+from tuneforge.errors import ConfigError, DataError, MemoryBudgetError
 from tuneforge.methods import registry
 from tuneforge.models import memory
 from tuneforge.models.adapters import record_base
-from tuneforge.models.load import LoadedModel, attention_for, autocast_inference, set_attention
+from tuneforge.models.load import (
+    LoadedModel,
+    attention_for,
+    autocast_inference,
+    decoder_layers,
+    set_attention,
+)
 from tuneforge.models.memory import Estimate
 from tuneforge.models.registry import hub_id_for
 from tuneforge.ops.fused_ops import FusedOps
@@ -106,13 +112,18 @@ class FineTune:
         # The eager step's RMSNorm, SwiGLU, causal attention and LoRA projections (ops/fused_ops.py).
         self.fused_ops = FusedOps(self.loop.unwrapped)
         self._plan_compile()
-        if cfg.train.memory_check:
+        # (a sharded model's probe would run collectives rank by rank: `tuneforge estimate --nproc` covers it)
+        if cfg.train.memory_check and not self.loop.sharded:
             self.check_memory()
         if has_progress:
             self.loop.restore()
         ranks = distributed.current()
         if ranks.active:
-            self.loop.announce(distributed.describe(ranks, cfg.train.batch_size, cfg.train.grad_accum))
+            self.loop.announce(
+                distributed.describe(
+                    ranks, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.distributed.strategy
+                )
+            )
         trainable, total = registry.trainable_summary(self.loop.model)
         self.loop.announce(
             f"Training {cfg.method.name} on {self.lm.name}: {trainable:,} of {total:,} parameters trainable "
@@ -239,6 +250,14 @@ class FineTune:
     # -------------------------------------------------------------------------------------------- compile
     def _plan_compile(self) -> None:
         cfg, device = self.cfg, self.lm.device
+        if self.loop.sharded:
+            if cfg.train.compile is True:
+                raise ConfigError(
+                    "train.compile is true but the run is sharded (fsdp): the compiled layers are not built for "
+                    "sharded weights",
+                    "set train.compile: auto or false, or use strategy ddp",
+                )
+            return
         use, why = compile_layers.resolve(cfg.train.compile, cfg.method.name, device)
         if use:
             self.compile_marker = compile_layers.CacheMarker(
@@ -410,6 +429,18 @@ class FineTune:
             ckpt.set_rng_state(rng)
             loop.optimizer.zero_grad(set_to_none=True)
         return est
+
+    def allreduce_bytes(self, ranks: int) -> int:
+        """What a ddp rank sends and receives per optimizer step: a ring all-reduce moves 2 (N-1)/N of the fp32
+        gradient buffer."""
+        trainable = sum(p.numel() for p in self.loop.model.parameters() if p.requires_grad)
+        return int(8 * trainable * (ranks - 1) / ranks)
+
+    def sharded_estimate(self, est: Estimate, ranks: int) -> tuple[Estimate, int]:
+        """`est` (a ddp rank's) as an fsdp rank's, with its bytes exchanged per step (models/memory.sharded)."""
+        share = distributed.Ranks(0, ranks)
+        most = max(len(self.loop.micro_batches(s, share)) for s in range(self.loop.steps_per_epoch))
+        return memory.sharded(est, self.loop.unwrapped, decoder_layers(self.loop.unwrapped), ranks, most)
 
     def _time_steps(self, est: Estimate, step_tokens: list[int]) -> None:
         loop = self.loop

@@ -43,6 +43,7 @@ DEFAULT_PATIENCE = 3
 RANGE_TEST_STEPS = 30
 RANGE_TEST_MAX_COST = 0.05  # of the run's training work
 RANGE_LOW, RANGE_HIGH = 1e-6, 1e-1
+GRPO_LR_DIVISOR = 10
 
 
 def _trim(x: float) -> float:
@@ -242,6 +243,12 @@ def _decide_guard(cfg: RunConfig, facts: RunFacts) -> dict[str, Any]:
 def _decide_lr(cfg: RunConfig, facts: RunFacts, steps: int) -> dict[str, Any]:
     prior, why = lr_prior(cfg, facts.width)
     use = cfg.train.lr_range_test
+    if cfg.objective.name == "grpo":
+        # A policy-gradient step is far noisier than a supervised one, and its loss starts at zero by
+        # construction, so there is no falling curve for a range test to read.
+        prior = _trim(prior / GRPO_LR_DIVISOR)
+        why += f" / {GRPO_LR_DIVISOR} for grpo (no range test: its loss is not a curve to read)"
+        return {"value": prior, "why": why, "prior": prior}
     cost = range_test_cost(steps, cfg.train.grad_accum)
     if use == "auto":
         use = facts.range_test is not None and cost <= RANGE_TEST_MAX_COST

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tuneforge.errors import ConfigError
+
 MANIFEST = "manifest.json"
+SHARDED = "sharded"  # a sharded (fsdp) run's weights and optimizer state, one file per rank
 
 
 @dataclass
@@ -89,14 +93,16 @@ def save_checkpoint(
     fingerprint: str,
     keep: int,
     protect: int | None = None,
+    staged: Path | None = None,
 ) -> Path:
+    """`staged`: the temporary folder (from staging_dir) into which a sharded run's ranks have written their
+    shards under sharded/; the rest is written next to them."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:06d}"
-    tmp = root / f".tmp-step-{state.step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    tmp = staged or staging_dir(root, state.step)
+    if staged is None:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
@@ -116,10 +122,20 @@ def save_checkpoint(
     return final
 
 
+def staging_dir(root: Path, step: int) -> Path:
+    """A fresh temporary folder for the checkpoint of `step` (renamed into place once complete)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
 def _fsync_dir(path: Path) -> None:
-    for p in path.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def complete_checkpoints(root: Path, fingerprint: str | None = None) -> list[Path]:
@@ -160,10 +176,25 @@ def _prune(root: Path, keep: int, protect: int | None) -> None:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    into: Callable[[Path], None] | None = None,
 ) -> LoopState:
-    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    """Put a checkpoint back; `into(folder)` reads a sharded run's (fsdp) weights and optimizer state."""
+    sharded = (path / SHARDED).is_dir()
+    if sharded != (into is not None):
+        raise ConfigError(
+            f"{path} was written by a {'sharded (fsdp)' if sharded else 'ddp or single-process'} run and this "
+            f"one is {'sharded' if into is not None else 'not'}",
+            "resume with the strategy that wrote it (train.distributed.strategy), or start over with --overwrite",
+        )
+    if into is not None:
+        into(path / SHARDED)
+    else:
+        load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return LoopState(**json.loads((path / "state.json").read_text()))

@@ -29,7 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.config import RunConfig, TrainConfig
 from tuneforge.data.collate import epoch_batches, split_by_tokens
+from tuneforge.errors import ConfigError
 from tuneforge.methods import registry
+from tuneforge.models.load import decoder_layers
 from tuneforge.progress import bar, console
 from tuneforge.rundir import RunDir
 from tuneforge.train import checkpoint as ckpt
@@ -104,10 +106,13 @@ def accumulate_gradients(
     autocast: Callable[[], contextlib.AbstractContextManager],
     backward: Callable[[torch.Tensor], None],
     norm: float | None = None,
+    fillers: tuple[int, dict[str, torch.Tensor]] | None = None,
 ) -> StepSums:
     """Forward and backward over one optimizer step's micro-batches, normalised by the units of the whole step:
     accumulation = one big batch. The training step and the learning-rate range test (train/auto.py) share it.
-    `norm`: the step's units when these batches are one rank's share of it (data parallel)."""
+    `norm`: the step's units when these batches are one rank's share of it (data parallel). `fillers`: (how
+    many, a batch) forwards and backwards that add nothing — a sharded rank with fewer micro-batches than the
+    others still joins each of their collectives."""
     if norm is None:
         norm = sum(obj.norm(b) for b in batches)
     loss_sum = correct = 0.0
@@ -116,13 +121,18 @@ def accumulate_gradients(
     for b in batches:
         b = {k: v.to(device) for k, v in b.items()}
         with autocast():
-            parts = obj.loss(model, b)
+            parts = distributed.run(model, obj.loss, b)
         backward(parts.loss_sum / norm)
         loss_sum += float(parts.loss_sum.detach())
         correct += parts.correct
         for k, v in parts.stats.items():
             stats[k] = stats.get(k, 0.0) + v / max(norm, 1e-9)
         real_tokens += int(b["attention_mask"].sum())
+    count, filler = fillers or (0, {})
+    for _ in range(count):
+        with autocast():
+            parts = distributed.run(model, obj.loss, {k: v.to(device) for k, v in filler.items()})
+        backward(parts.loss_sum * 0.0)
     return StepSums(loss_sum, norm, correct, stats, real_tokens)
 
 
@@ -170,6 +180,14 @@ class Loop:
         self.should_stop = options.should_stop or (lambda: False)
         self.tracker = None
         self.accelerator = new_accelerator(precision, cpu=device.type == "cpu")
+        self.ranks = distributed.current()
+        # FSDP: the model is sharded before the optimizer is built (it must hold the shards).
+        self.sharded = self.ranks.active and cfg.train.distributed.strategy == "fsdp"
+        if self.sharded:
+            self._check_shardable(model)
+            model.to(self.accelerator.device)
+            distributed.same_weights([p for p in model.parameters() if p.requires_grad])
+            distributed.shard(model, decoder_layers(model))
         optimizer = build_optimizer(model, cfg)
         t = cfg.train
         self.batches_per_epoch, self.steps_per_epoch, self.total_steps = step_counts(t, len(train_items))
@@ -177,7 +195,6 @@ class Loop:
         self.eval_every = t.eval_every or max(1, self.steps_per_epoch // 4, math.ceil(self.total_steps / 20))
         self.save_every = t.save_every or self.eval_every
         scheduler = build_scheduler(optimizer, cfg, self.total_steps)
-        self.ranks = distributed.current()
         if self.ranks.active:
             # Data parallel is ours (train/distributed.py): under torchrun accelerate would wrap the model in DDP
             # (a second all-reduce) and step the scheduler once per rank each step, so only the optimizer is its.
@@ -186,9 +203,26 @@ class Loop:
         else:
             self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.state = ckpt.LoopState()
-        # Freshly initialised trainable weights start as rank 0's on every rank.
         self.shared = RunDir(options.shared_run) if options.shared_run else run
-        distributed.same_weights(self._trainable())
+        if not self.sharded:  # freshly initialised trainable weights start as rank 0's on every rank
+            distributed.same_weights(self._trainable())
+        # the shortest item: what a sharded rank's filler micro-batches are made of
+        self._filler = min(range(len(train_items)), key=lambda i: len(train_items[i]), default=0)
+
+    def _check_shardable(self, model: torch.nn.Module) -> None:
+        """What FSDP cannot do here: say so before any rank starts training."""
+        why = None
+        if self.spec.on_step is not None:
+            why = f"{self.cfg.method.name} changes which parameters train during the run"
+        elif self.hooks.penalty is not None:
+            why = "the EWC penalty reads whole parameters at every step"
+        elif self.objective.name == "grpo":
+            why = "grpo samples answers on each rank with generate(), which is not built for sharded weights here"
+        if why:
+            raise ConfigError(
+                f"train.distributed.strategy fsdp cannot shard this run: {why}",
+                "use strategy ddp, or another method / forgetting setting",
+            )
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -320,12 +354,21 @@ class Loop:
         """One optimizer step on the micro-batches of `step`: forward, backward, clip, update, schedule."""
         t0 = time.time()
         obj = self.objective
+        obj.begin_step(step)
         batches = [
             obj.collate([self.train_items[i] for i in mb], self.pad_id) for mb in self.micro_batches(step)
         ]
-        norm = None
+        norm = fillers = None
         if self.ranks.active:  # every rank normalises by the whole step's units
             norm = distributed.sum_all([sum(obj.norm(b) for b in batches)])[0]
+        backward = self.accelerator.backward
+        if self.sharded:
+            fillers = (distributed.most(len(batches)) - len(batches), self._filler_batch())
+            world = self.ranks.world
+
+            def backward(loss: torch.Tensor) -> None:  # FSDP averages over ranks: N x each rank's share sums
+                self.accelerator.backward(loss * world)
+
         with self.hooks.step_context():
             sums = accumulate_gradients(
                 obj,
@@ -333,11 +376,13 @@ class Loop:
                 batches,
                 self.accelerator.device,
                 self.accelerator.autocast,
-                self.accelerator.backward,
+                backward,
                 norm,
+                fillers,
             )
         if self.ranks.active:
-            distributed.sum_gradients(self._trainable())
+            if not self.sharded:  # (FSDP's backward has reduce-scattered them already)
+                distributed.sum_gradients(self._trainable())
             sums = self._summed(sums)
         norm, stats = sums.norm, sums.stats
         penalty = self.hooks.penalty
@@ -345,7 +390,7 @@ class Loop:
             stats[penalty.name] = penalty.backward(self.accelerator.backward)
         grad_norm = None
         if self.cfg.train.max_grad_norm:
-            grad_norm = float(
+            grad_norm = distributed.scalar(
                 self.accelerator.clip_grad_norm_(self._trainable(), self.cfg.train.max_grad_norm)
             )
         lr = self.scheduler.get_last_lr()[0]
@@ -361,10 +406,14 @@ class Loop:
             "tokens_per_s": sums.real_tokens / max(dt, 1e-9),
             "tokens": sums.real_tokens,
             "seconds": dt,
+            **obj.step_stats(),
         }
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
         return row
+
+    def _filler_batch(self) -> dict[str, torch.Tensor]:
+        return self.objective.collate([self.train_items[self._filler]], self.pad_id)
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -388,11 +437,17 @@ class Loop:
         obj = self.objective
         loss = weight = correct = 0.0
         stats: dict[str, float] = {}
-        for i in range(0, len(order), bs):
-            b = obj.collate([self.val_items[j] for j in order[i : i + bs]], self.pad_id)
+        starts = list(range(0, len(order), bs))
+        if self.sharded:  # every rank runs as many forwards as the busiest (None: a filler, not counted)
+            starts += [None] * (distributed.most(len(starts)) - len(starts))
+        for i in starts:
+            picked = [self.val_items[j] for j in order[i : i + bs]] if i is not None else None
+            b = obj.collate(picked or [self.val_items[0]], self.pad_id)
             b = {k: v.to(self.accelerator.device) for k, v in b.items()}
             with self.accelerator.autocast():
-                parts = obj.validation(self.model, b)
+                parts = distributed.run(self.model, obj.validation, b)
+            if picked is None:
+                continue
             loss += float(parts.loss_sum)
             weight += parts.norm
             correct += parts.correct
@@ -414,7 +469,7 @@ class Loop:
         res = self.validation_loss()
         guard = self.hooks.guard
         if guard is not None:
-            res |= guard.check(self.model, self.accelerator.autocast)
+            res |= distributed.run(self.model, guard.check, self.accelerator.autocast)
         self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), **res})
         over = guard is not None and res["general_ppl_rise"] > guard.limit
         admissible = not (over and guard.acts)
@@ -433,7 +488,7 @@ class Loop:
         improved, stop = st.record_validation(
             res["val_loss"], self.cfg.train.early_stopping_patience, admissible
         )
-        if improved and self.ranks.main:
+        if improved:
             self.save_best(self.run.best, self.run.best_state)
         return stop
 
@@ -450,14 +505,31 @@ class Loop:
             self.run.truncate_metrics(0)
             return
         last = found[-1]
-        self.state = ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        into = None
+        if self.sharded:  # each rank reads its share of the shards
+
+            def into(folder: Path) -> None:
+                distributed.load_sharded(self.model, self._raw_optimizer, folder)
+
+        self.state = ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler, into)
         self.run.truncate_metrics(self.state.step)
         msg = f"Resumed from {last.name} (step {self.state.step} of {self.total_steps})"
         console.print(msg)
         self.on_event("message", {"message": msg})
 
+    @property
+    def _raw_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # (accelerate's wrapper)
+
     def save_checkpoint(self) -> None:
-        if not self.ranks.main:  # every rank's state is the same: rank 0 keeps it
+        staged = None
+        if self.sharded:  # every rank writes its shards into rank 0's staging folder; rank 0 the rest
+            main = self.ranks.main
+            where = str(ckpt.staging_dir(self.run.checkpoints, self.state.step)) if main else None
+            staged = Path(distributed.from_main(where))
+            distributed.save_sharded(self.model, self._raw_optimizer, staged / ckpt.SHARDED)
+            distributed.barrier()
+        if not self.ranks.main:  # every rank's state is the same (or its shards are written): rank 0 keeps it
             return
         path = ckpt.save_checkpoint(
             self.run.checkpoints,
@@ -467,12 +539,18 @@ class Loop:
             self.state,
             self.cfg.fingerprint(),
             self.cfg.train.keep_checkpoints,
+            staged=staged,
         )
         self.on_event("checkpoint", {"step": self.state.step, "path": str(path)})
 
     def save_artifact(self, out: Path) -> None:
         """The trained result in its standard form (PEFT adapter, or a full model folder) + its extras, written
-        under a temporary name and renamed."""
+        under a temporary name and renamed. Rank 0 writes (every rank calls it: a sharded model is gathered)."""
+        with self._whole_weights() as _:
+            if self.ranks.main:
+                self._write_artifact(out)
+
+    def _write_artifact(self, out: Path) -> None:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.spec.save(self.unwrapped, tmp)
@@ -480,11 +558,27 @@ class Loop:
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
 
+    @contextlib.contextmanager
+    def _whole_weights(self):
+        """Inside: the model's state_dict() holds whole weights on rank 0 (a sharded model's are gathered; an
+        adapter needs only the trainable ones). Yields the trainable state (None when not sharded)."""
+        if not self.sharded:
+            yield None
+            return
+        adapter = hasattr(self.unwrapped, "peft_config")
+        state = distributed.full_state(self.model, trainable_only=adapter)
+        with distributed.state_dict_as(self.unwrapped, state):
+            yield {n: state[n] for n, p in self.model.named_parameters() if p.requires_grad and n in state}
+
     def save_best(self, artifact: Path, state_file: Path) -> None:
-        """The best weights so far: as an artifact, and as trainable state for reload_best."""
-        self.save_artifact(artifact)
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        save_file(ckpt.trainable_state(self.unwrapped), str(state_file))
+        """The best weights so far: as an artifact, and as trainable state for reload_best. Every rank calls it;
+        rank 0 writes."""
+        with self._whole_weights() as trainable:
+            if not self.ranks.main:
+                return
+            self._write_artifact(artifact)
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file(trainable or ckpt.trainable_state(self.unwrapped), str(state_file))
 
     def reload_best(self) -> None:
         """Put the best validated weights back into the model (evaluation follows and must see them)."""
@@ -496,14 +590,21 @@ class Loop:
         train_done.json with the run's counters."""
         target = self.run.artifact(self.spec.artifact)
         st = self.state
+        use_best = distributed.from_main(st.best_step is not None and self.run.best.is_dir())
+        if self.sharded:
+            if not use_best:
+                self.save_artifact(target)
+            self._raw_optimizer.state.clear()  # training is over (its state is in the last checkpoint)
+            # rank 0 evaluates alone next: every rank gathers the whole model and keeps it so
+            distributed.gather_for_good(self.model)
         if not self.ranks.main:  # rank 0 writes the artifact
             return target
-        if st.best_step is not None and self.run.best.is_dir():
+        if use_best:
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(self.run.best, target)
             if st.best_step != st.step:
                 self.reload_best()
-        else:
+        elif not self.sharded:
             self.save_artifact(target)
         info = {
             "steps": st.step,

@@ -1,8 +1,8 @@
 """Training objectives: what the loop minimises, and how examples become the items it trains on.
 
 SFT (cross-entropy on the answer tokens through ops/lm_loss.py) is the default; preference objectives (DPO, ORPO:
-train/preference.py; KTO: train/kto.py) and the forgetting mitigations (distillation: train/forgetting.py) are
-others.
+train/preference.py; KTO: train/kto.py), reinforcement from rewards (GRPO: train/grpo.py) and the forgetting
+mitigations (distillation: train/forgetting.py) are others.
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ class Objective:
         """The held-out loss (the training loss, unless a wrapper adds terms that validation leaves out)."""
         return self.loss(model, batch)
 
+    def begin_step(self, step: int) -> None:
+        """Called before each optimizer step's micro-batches (GRPO seeds its sampling from the step)."""
+
+    def step_stats(self) -> dict[str, float]:
+        """Figures of the step just done that are not sums over its units (GRPO: seconds spent sampling)."""
+        return {}
+
 
 def build_objective(cfg: RunConfig) -> Objective:
     """The language-model run's objective: SFT, DPO, ORPO or KTO (`objective.name`); with `forgetting.distill`, SFT
@@ -72,6 +79,10 @@ def build_objective(cfg: RunConfig) -> Objective:
         from tuneforge.train.kto import KTO
 
         obj = KTO(o.beta, o.desirable_weight, o.undesirable_weight)
+    elif name == "grpo":
+        from tuneforge.train.grpo import GRPO
+
+        obj = GRPO(o, cfg.seed)
     else:
         from tuneforge.train.preference import DPO, ORPO
 
