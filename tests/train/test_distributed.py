@@ -68,6 +68,7 @@ def single(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def test_two_ranks_train_as_one_process_on_the_same_global_batch(single, tiny_model_dir, tmp_path):
+    scratch_before = set(Path("/tmp").glob("tuneforge-rank1-*"))  # (a killed rank's, from elsewhere, stays)
     out = finished(
         tuneforge("train", str(write_config(tiny_model_dir, tmp_path, "two")), "--nproc", "2", "--no-eval")
     )
@@ -86,7 +87,7 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(single, tiny_mo
         return sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if "checkpoints" not in p.parts)
 
     assert names(tmp_path / "two") == names(single)
-    assert not list(Path("/tmp").glob("tuneforge-rank1-*"))
+    assert set(Path("/tmp").glob("tuneforge-rank1-*")) <= scratch_before
 
 
 def test_a_killed_rank_resumes_from_rank_0s_checkpoint_and_ends_as_uninterrupted(
