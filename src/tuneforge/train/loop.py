@@ -184,7 +184,7 @@ class Loop:
         # FSDP: the model is sharded before the optimizer is built (it must hold the shards).
         self.sharded = self.ranks.active and cfg.train.distributed.strategy == "fsdp"
         if self.sharded:
-            self._check_shardable(model)
+            self._check_shardable()
             model.to(self.accelerator.device)
             distributed.same_weights([p for p in model.parameters() if p.requires_grad])
             distributed.shard(model, decoder_layers(model))
@@ -209,7 +209,7 @@ class Loop:
         # the shortest item: what a sharded rank's filler micro-batches are made of
         self._filler = min(range(len(train_items)), key=lambda i: len(train_items[i]), default=0)
 
-    def _check_shardable(self, model: torch.nn.Module) -> None:
+    def _check_shardable(self) -> None:
         """What FSDP cannot do here: say so before any rank starts training."""
         why = None
         if self.spec.on_step is not None:
@@ -363,7 +363,8 @@ class Loop:
             norm = distributed.sum_all([sum(obj.norm(b) for b in batches)])[0]
         backward = self.accelerator.backward
         if self.sharded:
-            fillers = (distributed.most(len(batches)) - len(batches), self._filler_batch())
+            missing = distributed.most(len(batches)) - len(batches)
+            fillers = (missing, self._filler_batch() if missing else {})
             world = self.ranks.world
 
             def backward(loss: torch.Tensor) -> None:  # FSDP averages over ranks: N x each rank's share sums
