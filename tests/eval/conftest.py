@@ -17,8 +17,12 @@ def scramble(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-@pytest.fixture(autouse=True)
-def _fp32_inference(monkeypatch):
+@pytest.fixture(scope="module", autouse=True)
+def _fp32_inference():
     # On CPUs with fast bf16, evaluation and generation run under bf16 autocast; the exact comparisons with hand
     # computations here are about padding, caching and bookkeeping, not bf16 rounding, so pin inference to fp32.
-    monkeypatch.setattr("tuneforge.models.load.autocast_inference", lambda device: False)
+    # Module scope: module-scoped fixtures (a whole comparison run once per module) are built before any
+    # function-scoped one, so a per-test pin came too late for them — and their answers were bf16 ones on such CPUs.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tuneforge.models.load.autocast_inference", lambda device: False)
+        yield
