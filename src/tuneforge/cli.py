@@ -34,6 +34,32 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: --set train.learning_rate=1e-4 (repeatable)."),
 ]
 
+# sweep and kfold on Ray: their trials or folds as Ray tasks
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help='Run the trials (sweep) or folds (kfold) as Ray tasks on this cluster ("127.0.0.1:6379", '
+        '"ray://head:10001"; "local": start one here). Sweep trials are then not pruned half-way.',
+    ),
+]
+RayParallelOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Tasks at once: sweep trials in flight; a local Ray instance is sized for this many."
+    ),
+]
+RayCpusOpt = Annotated[float, typer.Option(min=0.1, help="CPUs per task on Ray.")]
+RayGpusOpt = Annotated[float, typer.Option(min=0, help="GPUs per task on Ray (0: none).")]
+
+
+def _ray_tasks(address: str | None, parallel: int, cpus: float, gpus: float):
+    from tuneforge.experiments.common import RayTrials
+
+    return (
+        None if address is None else RayTrials(None if address == "local" else address, parallel, cpus, gpus)
+    )
+
 
 def _console():
     from tuneforge.progress import console
@@ -610,26 +636,16 @@ def sweep(
             "--set", "-s", help="Override a sweep key: --set trials=4, --set sampler=random (repeatable)."
         ),
     ] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help='Run the trials as Ray tasks on this cluster ("127.0.0.1:6379", "ray://head:10001"; "local": '
-            "start one here). Trials are then not pruned half-way.",
-        ),
-    ] = None,
-    ray_parallel: Annotated[int, typer.Option(min=1, help="Trials at once on Ray.")] = 2,
-    ray_cpus: Annotated[float, typer.Option(min=0.1, help="CPUs per trial on Ray.")] = 1.0,
-    ray_gpus: Annotated[float, typer.Option(min=0, help="GPUs per trial on Ray (0: none).")] = 0.0,
+    ray: RayOpt = None,
+    ray_parallel: RayParallelOpt = 2,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Hyperparameter search (grid, random, Optuna TPE) with pruning of poor trials; writes the best config."""
-    from tuneforge.experiments.sweep import RayTrials, load_sweep, run_sweep
+    from tuneforge.experiments.sweep import load_sweep, run_sweep
 
     sweep_cfg, base = load_sweep(spec, set_ or [])
-    cluster = None
-    if ray is not None:
-        cluster = RayTrials(None if ray == "local" else ray, ray_parallel, ray_cpus, ray_gpus)
-    run_sweep(sweep_cfg, base, ray=cluster)
+    run_sweep(sweep_cfg, base, ray=_ray_tasks(ray, ray_parallel, ray_cpus, ray_gpus))
 
 
 @app.command()
@@ -638,12 +654,21 @@ def kfold(
     k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 5,
     out: Annotated[Path | None, typer.Option(help="Folder for the fold runs and kfold.json/.md.")] = None,
     set_: SetOpt = None,
+    ray: RayOpt = None,
+    ray_parallel: RayParallelOpt = 2,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """k-fold cross-validation of a config: every metric as mean ± standard deviation over the folds."""
     from tuneforge import api
     from tuneforge.experiments.kfold import kfold as run_kfold
 
-    run_kfold(api.load_config(config, set_ or []), k=k, out=out)
+    run_kfold(
+        api.load_config(config, set_ or []),
+        k=k,
+        out=out,
+        ray=_ray_tasks(ray, ray_parallel, ray_cpus, ray_gpus),
+    )
 
 
 @app.command("select")

@@ -91,3 +91,32 @@ def test_a_sweep_runs_its_trials_as_ray_tasks_two_at_a_time(ray_cluster, tmp_pat
     assert summary["best"]["params"]["train.learning_rate"] in (1e-2, 3e-3)
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "trials.csv")))
     assert len(rows) == 4 and (tmp_path / "sweep" / "best.yaml").is_file()
+
+
+def test_kfold_trains_its_folds_as_ray_tasks_and_reports_what_a_local_run_does(
+    ray_cluster, tmp_path, tiny_model_dir
+):
+    from tuneforge.experiments import kfold as K
+    from tuneforge.experiments.common import RayTrials
+
+    data = write_jsonl(tmp_path / "capitals.jsonl", capitals_records(30))
+    cfg = tiny_config(
+        tiny_model_dir,
+        data,
+        tmp_path / "run",
+        "train.learning_rate=1e-2",
+        "train.epochs=2",
+        "train.num_threads=1",
+        "train.memory_check=false",
+    )
+    on_ray = K.kfold(
+        cfg, k=3, out=tmp_path / "ray", show=False, ray=RayTrials(ray_cluster, parallel=2, cpus=1)
+    )
+    local = K.kfold(cfg, k=3, out=tmp_path / "local", show=False)
+    assert on_ray["fold_sizes"] == local["fold_sizes"]
+    assert on_ray["metrics"].keys() == local["metrics"].keys()
+    for name, m in on_ray["metrics"].items():  # the same folds trained alike, one thread each
+        assert m["folds"] == pytest.approx(local["metrics"][name]["folds"], rel=1e-5, abs=1e-6), name
+    assert len(on_ray["ray"]) == 3 and not any(p.endswith(f":{os.getpid()}") for p in on_ray["ray"])
+    assert "ray" not in local
+    assert (tmp_path / "ray" / "kfold.md").is_file() and (tmp_path / "ray" / "fold-3" / "run").is_dir()

@@ -146,7 +146,7 @@ def test_bad_requests_are_400_404_413_or_422_with_a_clear_message(server, train_
     assert e.value.body["code"] == "model_not_available"
     with pytest.raises(openai.BadRequestError) as e:
         c.fine_tuning.jobs.create(model="tiny", training_file=train_file, method={"type": "reinforcement"})
-    assert e.value.body["code"] == "unsupported_method" and "'supervised', 'dpo' or 'kto'" in e.value.message
+    assert e.value.body["code"] == "missing_grader" and "method.reinforcement.grader" in e.value.message
     with pytest.raises(openai.UnprocessableEntityError) as e:
         c.fine_tuning.jobs.create(
             model="tiny", training_file=train_file, hyperparameters={"n_epochs": "lots"}

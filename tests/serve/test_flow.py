@@ -7,6 +7,7 @@ import json
 import threading
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import capitals_records, write_jsonl
@@ -318,3 +319,81 @@ def test_kto_job_trains_on_rated_answers_and_refuses_chat_files(tmp_path, tiny_b
         assert min(e["valid_loss"] for e in evals) < 0.5
         failed = c.fine_tuning.jobs.retrieve(on_chat.id)
         assert failed.status == "failed" and "needs answers rated up or down" in failed.error.message
+
+
+def test_reinforcement_job_trains_grpo_on_openai_rows_with_a_grader(tmp_path, tiny_base):
+    """method.type reinforcement, as OpenAI's fine-tuning API names it: rows of a prompt and a reference field, a
+    string_check grader on that field → GRPO with exact_match. The job succeeds with OpenAI's reward metrics in its
+    events and echoes its grader; graders without a built-in reward are 400s that say why; a row with nothing to
+    grade against fails the job by line."""
+    from tuneforge.jobs.worker import Worker
+
+    settings = service_settings(tmp_path / "data", tiny_base)
+    rows = [  # OpenAI's shape: the prompt's turns, and the reference as an item field
+        {"messages": r["messages"][:-1], "reference_answer": r["messages"][-1]["content"]}
+        for r in capitals_records(16)
+    ]
+    rft = write_jsonl(tmp_path / "rft.jsonl", rows)
+    broken = write_jsonl(tmp_path / "broken.jsonl", rows[:6] + [{"messages": rows[0]["messages"]}])
+    grader = {
+        "type": "string_check",
+        "name": "city",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.reference_answer}}",
+        "operation": "eq",
+    }
+    method = {
+        "type": "reinforcement",
+        "reinforcement": {
+            "grader": grader,
+            "hyperparameters": {
+                "n_epochs": 1,
+                "batch_size": 4,
+                "eval_interval": 1,
+                "num_generations": 2,
+                "max_new_tokens": 4,
+            },
+        },
+    }
+    with live_server(settings) as srv:
+        c = client(srv)
+        train = c.files.create(file=("rft.jsonl", rft.read_bytes()), purpose="fine-tune")
+        bad = c.files.create(file=("broken.jsonl", broken.read_bytes()), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model="tiny", training_file=train.id, method=method)
+        assert job.method.type == "reinforcement"
+        on_broken = c.fine_tuning.jobs.create(model="tiny", training_file=bad.id, method=method)
+        for refused, says in [
+            ({"type": "python", "source": "def grade(sample, item): return 1.0"}, "runs the caller's code"),
+            ({"type": "multi", "graders": {"a": grader}, "calculate_output": "a * a"}, "not a weighted sum"),
+        ]:
+            with pytest.raises(openai.BadRequestError) as e:
+                c.fine_tuning.jobs.create(
+                    model="tiny",
+                    training_file=train.id,
+                    method={**method, "reinforcement": {"grader": refused}},
+                )
+            assert e.value.body["code"] == "unsupported_grader" and says in e.value.message
+            assert e.value.body["param"] == "method.reinforcement.grader"
+        r = httpx.post(
+            f"{srv.url}/fine_tuning/jobs",
+            headers={"Authorization": f"Bearer {ALICE}"},
+            json={"model": "tiny", "training_file": train.id, "method": method, "training_type": "full"},
+        )
+        assert r.status_code == 400 and "Reinforcement fine-tuning (GRPO)" in r.json()["error"]["message"]
+
+        assert Worker(settings).run(idle_exit=True) == 2
+        done = c.fine_tuning.jobs.retrieve(job.id)
+        assert done.status == "succeeded", done.error
+        assert done.method.reinforcement.grader.model_dump(exclude_none=True) == grader  # parsed by the client
+        assert done.method.reinforcement.hyperparameters.eval_interval == 1
+        assert done.hyperparameter_extensions["num_generations"] == 2
+        data = [e.data for e in c.fine_tuning.jobs.list_events(job.id, limit=200) if e.data]
+        train_rows = [d for d in data if "train_reward_mean" in d]
+        valid_rows = [d for d in data if "valid_reward_mean" in d]
+        assert train_rows and valid_rows
+        assert all(0.0 <= d["train_reward_mean"] <= 1.0 for d in train_rows)
+        assert done.fine_tuned_model is not None
+
+        failed = c.fine_tuning.jobs.retrieve(on_broken.id)
+        assert failed.status == "failed" and "line 7" in failed.error.message
+        assert "'reference_answer' field" in failed.error.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,25 @@ from tuneforge.config import RunConfig
 from tuneforge.data.schema import Example
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.recipes.build import build_config
+
+
+@dataclass
+class RayTrials:
+    """Trials (sweep) or folds (k-fold) as Ray tasks (`--ray ADDRESS`): `parallel` at a time, each asking for
+    `cpus` CPUs and `gpus` GPUs (none unless given). The results are the same files as a local run's. A sweep
+    trial's validations reach Optuna when it ends, so no trial is pruned half-way on Ray."""
+
+    address: str | None = None  # None: a local Ray instance
+    parallel: int = 2
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+def ray_cluster(ray: RayTrials) -> Any:
+    """The `ray` module connected as `ray` says (a local instance sized for `parallel` tasks when no address)."""
+    from tuneforge.recipes.ray_tasks import connect
+
+    return connect(ray.address, num_cpus=max(1, int(ray.parallel * ray.cpus)))
 
 
 def one_training_set(cfg: RunConfig, what: str) -> None:

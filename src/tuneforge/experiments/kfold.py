@@ -6,6 +6,8 @@ k-1 folds and is scored on fold i: validation loss (and perplexity for a languag
 scores — its generated answers with the task metrics (eval/metrics.py), or a classifier's accuracy and macro-F1.
 Every metric is reported as mean ± standard deviation (n-1) over the folds, with each fold's value. Fold runs are
 `<out>/fold-i/` (checkpoints removed when done); a staged config is refused (its stages train on different data).
+With `ray` (`tuneforge kfold --ray ADDRESS`) the folds train as Ray tasks, `parallel` at a time, each with the
+resources it asks for; the fold folders and kfold.json / kfold.md are the same as a local run's.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.experiments.common import (
+    RayTrials,
     fixed_split_config,
     mean_std,
     one_training_set,
     prepare,
+    ray_cluster,
     write_records,
 )
 from tuneforge.recipes.run import train
@@ -43,7 +47,14 @@ def fold_indices(n: int, k: int, strata: list[str], seed: int) -> list[list[int]
     return [sorted(v.tolist()) for _, v in splitter.split(list(range(n)))]
 
 
-def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bool = True) -> dict[str, Any]:
+def kfold(
+    cfg: RunConfig,
+    k: int = 5,
+    out: str | Path | None = None,
+    *,
+    show: bool = True,
+    ray: RayTrials | None = None,
+) -> dict[str, Any]:
     from tuneforge.data.split import strata_key
     from tuneforge.data.tokenize import label_set
     from tuneforge.progress import console
@@ -61,7 +72,9 @@ def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bo
     key = strata_key(pool, cfg.data.split.stratify)
     folds = fold_indices(len(pool), k, [key(e) for e in pool], cfg.seed)
     labels = label_set(pool)
-    rows: list[dict[str, float]] = []
+    cluster = ray_cluster(ray) if ray is not None else None
+    rows: list[Any] = []
+    configs = []
     for i, val_idx in enumerate(folds):
         held = set(val_idx)
         fold_dir = out / f"fold-{i + 1}"
@@ -71,11 +84,22 @@ def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bo
         val_f = write_records([pool[j] for j in val_idx], fold_dir / "input" / "validation.jsonl")
         fcfg = fixed_split_config(cfg, fold_dir / "run", train_f, val_f, None)
         if show:
+            where = " (a Ray task)" if cluster is not None else ""
             console.print(
-                f"[bold]fold {i + 1}/{k}[/]: {len(pool) - len(val_idx)} train, {len(val_idx)} held out"
+                f"[bold]fold {i + 1}/{k}[/]: {len(pool) - len(val_idx)} train, {len(val_idx)} held out{where}"
             )
-        rows.append(_fold(fcfg, labels, f"fold {i + 1}"))
-        shutil.rmtree(RunDir(fcfg.run_dir).checkpoints, ignore_errors=True)
+        configs.append(fcfg)
+        if cluster is None:
+            rows.append(_fold(fcfg, labels, f"fold {i + 1}"))
+            shutil.rmtree(RunDir(fcfg.run_dir).checkpoints, ignore_errors=True)
+        else:  # all submitted now; Ray runs as many at once as the resources allow
+            rows.append(_submit_fold(cluster, ray, fcfg, labels, f"fold {i + 1}"))
+    ran = None
+    if cluster is not None:
+        done = cluster.get(rows)
+        rows, ran = [d["row"] for d in done], [f"{d['ray']['node']}:{d['ray']['pid']}" for d in done]
+        for fcfg in configs:
+            shutil.rmtree(RunDir(fcfg.run_dir).checkpoints, ignore_errors=True)
     names = [n for n in rows[0] if all(n in r for r in rows)]
     summary: dict[str, Any] = {
         "k": k,
@@ -83,6 +107,8 @@ def kfold(cfg: RunConfig, k: int = 5, out: str | Path | None = None, *, show: bo
         "fold_sizes": [len(f) for f in folds],
         "metrics": {},
     }
+    if ran is not None:
+        summary["ray"] = ran  # the node and process each fold trained in
     for n in names:
         m, s = mean_std([r[n] for r in rows])
         summary["metrics"][n] = {"mean": m, "std": s, "folds": [r[n] for r in rows]}
@@ -114,6 +140,19 @@ def _fold(fcfg: RunConfig, labels: list[str], title: str) -> dict[str, float]:
         rec.loop.cleanup()
         del rec
         gc.collect()
+
+
+def _submit_fold(cluster: Any, ray: RayTrials, fcfg: RunConfig, labels: list[str], title: str) -> Any:
+    from tuneforge.recipes.ray_tasks import submit
+
+    return submit(cluster, _fold_task, ray.cpus, ray.gpus, fcfg.model_dump(mode="json"), labels, title)
+
+
+def _fold_task(cfg_json: dict[str, Any], labels: list[str], title: str) -> dict[str, Any]:
+    """A fold in a Ray task: the config travels as JSON; its row comes back as plain numbers, with where it ran."""
+    from tuneforge.recipes.ray_tasks import where
+
+    return {"row": _fold(RunConfig.model_validate(cfg_json), labels, title), "ray": where()}
 
 
 def markdown(summary: dict[str, Any]) -> str:

@@ -27,7 +27,6 @@ import itertools
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.config import RunConfig, apply_overrides, dump_config
 from tuneforge.errors import ConfigError
+from tuneforge.experiments.common import RayTrials, ray_cluster
 from tuneforge.recipes.build import build_config, load_config
 from tuneforge.rundir import RunDir
 
@@ -121,18 +121,6 @@ def _suggest(trial: Any, key: str, spec: list[Any] | Range) -> Any:
     return trial.suggest_float(key, spec.low, spec.high, log=spec.log)
 
 
-@dataclass
-class RayTrials:
-    """Trials as Ray tasks (`tuneforge sweep --ray ADDRESS`): `parallel` at a time, each asking for `cpus` CPUs
-    and `gpus` GPUs (none unless given). A trial's validations reach Optuna when it ends, so no trial is pruned
-    half-way on Ray; the results are the same files as a local sweep's."""
-
-    address: str | None = None  # None: a local Ray instance
-    parallel: int = 2
-    cpus: float = 1.0
-    gpus: float = 0.0
-
-
 def run_sweep(
     sweep: SweepConfig, base: RunConfig, *, show: bool = True, ray: RayTrials | None = None
 ) -> dict[str, Any]:
@@ -154,9 +142,7 @@ def run_sweep(
 
     cluster = None
     if ray is not None:
-        from tuneforge.recipes.ray_tasks import connect
-
-        cluster = connect(ray.address, num_cpus=max(1, int(ray.parallel * ray.cpus)))
+        cluster = ray_cluster(ray)
 
     def objective(trial: Any) -> float:
         if cluster is not None:

@@ -13,6 +13,7 @@ from tuneforge.data.formats import load_file
 from tuneforge.data.schema import Example, Problem, Reject
 from tuneforge.data.validate import validate
 from tuneforge.errors import TuneforgeError
+from tuneforge.jobs.graders import prepare_rows, rewards_from_grader
 
 MAX_LISTED = 5  # problems spelled out in one error message
 
@@ -63,6 +64,26 @@ def check_for_method(path: Path, param: str, label: str, method_type: str, min_e
     checked = check_file(path, param, label, min_examples)
     check_method_fits(checked, method_type, param, label)
     return checked
+
+
+def reinforcement_rows(path: Path, param: str, label: str, grader: dict, dst: Path) -> Path:
+    """A reinforcement job's file as the rows GRPO trains on: each row's reference (the item field its grader
+    reads) moved into an answer turn, in `dst` (jobs/graders.py). A row with nothing to grade against fails the
+    job, by line."""
+    _, unanswered = prepare_rows(path, rewards_from_grader(grader).reference_field, dst)
+    if unanswered:
+        field = rewards_from_grader(grader).reference_field
+        where = ", ".join(map(str, unanswered[:MAX_LISTED])) + (
+            " ..." if len(unanswered) > MAX_LISTED else ""
+        )
+        need = f"a {field!r} field (the grader's reference) or" if field else ""
+        raise JobError(
+            "invalid_file_format",
+            f"{label}: {len(unanswered)} row(s) (line {where}) have nothing to grade answers against; give each "
+            f"{need} a final assistant turn with the reference answer.",
+            param,
+        )
+    return dst
 
 
 def check_method_fits(checked: CheckedFile, method_type: str, param: str, label: str) -> None:

@@ -20,7 +20,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.prepare import read_split
 from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
 from tuneforge.jobs import openai, store
-from tuneforge.jobs.checks import JobError, check_for_method
+from tuneforge.jobs.checks import JobError, check_for_method, reinforcement_rows
 from tuneforge.jobs.store import FineTunedModel, Job, JobCheckpoint, JobEvent, Lease
 from tuneforge.rundir import RunDir
 from tuneforge.settings import Settings
@@ -142,7 +142,7 @@ class JobRun:
         """validating_files → queued: OpenAI's checks on the files, then the "auto" hyperparameters resolved.
         None if a control came meanwhile (the run is then ended as it says)."""
         self._event(f"Validating training file: {job.training_file}")
-        train_path, val_path = self._file_paths(job)
+        train_path, val_path = self._training_paths(job)
         labels = self._file_labels(job)
         checked = check_for_method(
             train_path, "training_file", labels[0], job.method_type, self.settings.min_examples
@@ -174,6 +174,23 @@ class JobRun:
                     level="warn",
                 )
         return resolved
+
+    def _training_paths(self, job: _JobView) -> tuple[Path, Path | None]:
+        """The files the run reads: the uploads, or for a reinforcement job their rows with the grader's reference
+        as the answer (written beside the uploads, so that the run folder holds only the run)."""
+        train, val = self._file_paths(job)
+        if job.method_type != "reinforcement":
+            return train, val
+        labels = self._file_labels(job)
+        rows = self.settings.files_dir
+        train = reinforcement_rows(
+            train, "training_file", labels[0], job.grader, rows / f"{job.id}-train.jsonl"
+        )
+        if val is not None:
+            val = reinforcement_rows(
+                val, "validation_file", labels[1], job.grader, rows / f"{job.id}-val.jsonl"
+            )
+        return train, val
 
     def _file_paths(self, job: _JobView) -> tuple[Path, Path | None]:
         with self.sessions() as db:
@@ -210,7 +227,7 @@ class JobRun:
 
     def _run_config(self, job: _JobView, resolved: dict[str, Any]) -> RunConfig:
         # looked up again: a job validated in an earlier attempt skips _validate, and a file may be gone since
-        train_path, validation_path = self._file_paths(job)
+        train_path, validation_path = self._training_paths(job)
         return openai.job_run_config(
             self.settings,
             run_dir=Path(job.run_dir),
@@ -223,6 +240,7 @@ class JobRun:
             requested=job.hyperparameters,
             extras=job.extras,
             seed=job.seed,
+            grader=job.grader,
         )
 
     def _base_source(self, model: str) -> str:
@@ -470,6 +488,7 @@ class _JobView:
             "seed",
             "training_type",
             "method_type",
+            "grader",
             "hyperparameters",
             "resolved",
             "extras",

@@ -14,6 +14,7 @@ from typing import Any
 
 from tuneforge.config import RunConfig
 from tuneforge.data.schema import Example
+from tuneforge.jobs.graders import rewards_from_grader
 from tuneforge.methods import registry
 from tuneforge.recipes.build import build_config
 from tuneforge.settings import Settings
@@ -88,6 +89,8 @@ def metrics(row: dict[str, Any], train: dict[str, Any] | None = None) -> dict[st
     for key in ("reward_accuracy", "reward_margin"):  # dpo: how often and by how much chosen wins
         if (value := row.get(source.format(key))) is not None:
             out[name.format(key)] = value
+    if (value := row.get(source.format("reward"))) is not None:  # grpo: the answers' mean total reward
+        out[name.format("reward_mean")] = value  # OpenAI's reinforcement metric names
     return out
 
 
@@ -146,6 +149,10 @@ EXTRA_KEYS = {
 }
 
 
+# reinforcement jobs' tuneforge hyperparameters that go to objective grpo as they are (beta has its "auto")
+GRPO_KEYS = ("num_generations", "max_new_tokens", "temperature", "epsilon")
+
+
 def auto_batch_size(n_train: int) -> int:
     """8 below 2,000 training examples, 16 below 20,000, else 32."""
     return 8 if n_train < 2_000 else 16 if n_train < 20_000 else 32
@@ -173,6 +180,8 @@ def resolve(hp: dict[str, Any], n_train: int) -> dict[str, Any]:
     for key in ("desirable_weight", "undesirable_weight"):  # KTO jobs
         if key in hp:
             out[key] = float(hp[key])
+    if hp.get("eval_interval") is not None:  # reinforcement jobs
+        out["eval_interval"] = int(hp["eval_interval"])
     return out
 
 
@@ -271,6 +280,7 @@ def run_config(
     base_learning_rate: float,
     max_length: int,
     requested: dict[str, Any] | None = None,
+    grader: dict[str, Any] | None = None,
 ) -> RunConfig:
     """The run config of a job: a test split only where the job asks for one (`test_split`), validation from the
     validation file or else a split of the training file (`validation_split`), records kept
@@ -317,6 +327,16 @@ def run_config(
             "desirable_weight": resolved.get("desirable_weight", 1.0),
             "undesirable_weight": resolved.get("undesirable_weight", 1.0),
         }
+    elif method_type == "reinforcement":  # GRPO, the grader as built-in rewards (jobs/graders.py)
+        beta = extras.get("beta", "auto")
+        cfg["objective"] = {
+            "name": "grpo",
+            "rewards": rewards_from_grader(grader).rewards,
+            **({} if beta == "auto" else {"beta": float(beta)}),  # auto: GRPO's own default
+            **{k: extras[k] for k in GRPO_KEYS if k in extras},
+        }
+        if resolved.get("eval_interval"):
+            cfg["train"]["eval_every"] = int(resolved["eval_interval"])
     method_options = registry.get(training_type).config_cls.model_fields
     for key, value in extras.items():
         if value is None or key not in EXTRA_KEYS:

@@ -99,6 +99,7 @@ class Job(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # as requested ("auto" allowed)
     resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # after validation
     extras: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tuneforge extensions (lora rank ...)
+    grader: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # reinforcement jobs' grader
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24), index=True)
     control: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "pause" | "cancel" requests
@@ -258,8 +259,8 @@ def init_db(engine: Engine) -> None:
     _add_missing_columns(engine)
 
 
-# Columns added after the first release, with the value that rows written before them take.
-ADDED_COLUMNS = {("jobs", "method_type"): "'supervised'"}
+# Columns added after the first release, with the value that rows written before them take (None: NULL).
+ADDED_COLUMNS = {("jobs", "method_type"): "'supervised'", ("jobs", "grader"): None}
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -274,7 +275,8 @@ def _add_missing_columns(engine: Engine) -> None:
         col = Base.metadata.tables[table].c[column]
         ddl = col.type.compile(dialect=engine.dialect)
         with engine.begin() as conn:
-            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl} NOT NULL DEFAULT {default}"))
+            rule = "" if default is None else f" NOT NULL DEFAULT {default}"
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}{rule}"))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -53,9 +53,13 @@ def _finetune_task(cfg_json: dict[str, Any], kwargs: dict[str, Any]) -> dict[str
     from tuneforge.config import RunConfig
     from tuneforge.recipes.run import finetune
 
-    threads_as_assigned()
     summary = finetune(RunConfig.model_validate(cfg_json), **kwargs)
     return {**summary, "ray": where()}
+
+
+def _on_assigned_threads(fn: Any, *args: Any) -> Any:
+    threads_as_assigned()
+    return fn(*args)
 
 
 def where() -> dict[str, Any]:
@@ -70,5 +74,11 @@ def where() -> dict[str, Any]:
 def submit_finetune(ray: Any, cfg: Any, num_cpus: float, num_gpus: float, **kwargs: Any) -> Any:
     """Start `finetune(cfg, **kwargs)` as a Ray task; its ObjectRef (ray.get gives the summary finetune returns).
     kwargs must be plain values (no callbacks: the task runs in another process)."""
-    task = ray.remote(_finetune_task).options(**options(num_cpus, num_gpus))
-    return task.remote(cfg.model_dump(mode="json"), kwargs)
+    return submit(ray, _finetune_task, num_cpus, num_gpus, cfg.model_dump(mode="json"), kwargs)
+
+
+def submit(ray: Any, fn: Any, num_cpus: float, num_gpus: float, *args: Any) -> Any:
+    """Start `fn(*args)` as a Ray task with these resources, on as many threads as it was given CPUs; its
+    ObjectRef. `fn` must be importable by name on the cluster's nodes (a module-level function of tuneforge)."""
+    task = ray.remote(_on_assigned_threads).options(**options(num_cpus, num_gpus))
+    return task.remote(fn, *args)

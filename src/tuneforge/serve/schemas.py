@@ -2,8 +2,9 @@
 
 Requests refuse unknown fields, as OpenAI's API does, except where tuneforge documents an extension:
 fine-tuning hyperparameters (lora_rank, max_steps ...) and the job's `training_type` (`lora`, `full`, or any method
-of `tuneforge methods`). `method.type` is `supervised`, `dpo` (preference pairs) or `kto` (answers rated up or
-down, tuneforge); both need an adapter method.
+of `tuneforge methods`). `method.type` is `supervised`, `dpo` (preference pairs), `kto` (answers rated up or
+down, tuneforge) or `reinforcement` (GRPO with the grader as built-in rewards); the last three need an adapter
+method.
 Exports (`/v1/models/{model}/exports`, `/v1/exports`) are tuneforge's own objects, in the same style.
 
 Every number a request carries is finite, of its documented kind (true is not 1, "1e-3" is not a number: OpenAI
@@ -386,6 +387,45 @@ class KtoHyperparametersIn(DpoHyperparametersIn):
         }
 
 
+GrpoBeta = checked_number(False, auto=True, ge=0, le=2)
+Generations = checked_number(True, ge=2, le=64)
+AnswerTokens = checked_number(True, ge=1, le=4096)
+SamplingTemperature = checked_number(False, gt=0, le=2)
+ClipRange = checked_number(False, gt=0, le=1)
+
+
+class ReinforcementHyperparametersIn(HyperparametersIn):
+    """OpenAI's reinforcement hyperparameters that apply here (n_epochs, batch_size, learning_rate_multiplier,
+    eval_interval) and tuneforge's GRPO settings (train/grpo.py)."""
+
+    eval_interval: Steps | None = Field(
+        None, description=f"Validate (mean reward on the validation split) every N steps, 1 to {MAX_STEPS:,}."
+    )
+    num_generations: Generations = Field(
+        4,
+        description="tuneforge: answers sampled per prompt, 2 to 64; their scores are compared in the group.",
+    )
+    max_new_tokens: AnswerTokens = Field(
+        64, description="tuneforge: longest sampled answer in tokens, 1 to 4,096."
+    )
+    temperature: SamplingTemperature = Field(
+        1.0, description="tuneforge: sampling temperature, above 0 and at most 2."
+    )
+    beta: GrpoBeta = Field(
+        "auto", description='tuneforge: weight of the KL term to the base, 0 to 2 (0: none). "auto": 0.04.'
+    )
+    epsilon: ClipRange = Field(
+        0.2, description="tuneforge: clipping range of the policy ratio, above 0 and at most 1."
+    )
+
+    def openai_part(self) -> dict[str, Any]:
+        out = super().openai_part()
+        return out | ({"eval_interval": self.eval_interval} if self.eval_interval is not None else {})
+
+    def extensions(self) -> dict[str, Any]:
+        return {k: v for k, v in super().extensions().items() if k != "eval_interval"}
+
+
 class SupervisedIn(Request):
     hyperparameters: HyperparametersIn | None = None
 
@@ -398,12 +438,34 @@ class KtoIn(Request):
     hyperparameters: KtoHyperparametersIn | None = None
 
 
+class ReinforcementIn(Request):
+    grader: dict[str, Any] = Field(
+        description="What scores a sampled answer: string_check (eq), multi (a weighted sum), or tuneforge's "
+        "json_valid, exact_match, field_match, regex, length_penalty (jobs/graders.py says what maps)."
+    )
+    hyperparameters: ReinforcementHyperparametersIn | None = None
+    response_format: dict[str, Any] | None = Field(
+        None, description="Accepted for compatibility; must be empty."
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _no_response_format(cls, v: dict | None) -> dict | None:
+        if v:
+            raise ValueError(
+                "response_format is not supported by tuneforge; ask for the format in the prompt"
+            )
+        return v
+
+
 class MethodIn(Request):
     type: Literal["supervised", "dpo", "kto", "reinforcement"]
     supervised: SupervisedIn | None = None
     dpo: DpoIn | None = None
     kto: KtoIn | None = Field(None, description="tuneforge: answers rated up or down, no pairs needed.")
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementIn | None = Field(
+        None, description="GRPO (train/grpo.py) with the grader mapped to built-in rewards."
+    )
 
 
 def training_types() -> list[str]:
@@ -502,11 +564,21 @@ class KtoOut(Response):
     hyperparameters: KtoHyperparametersOut
 
 
+class ReinforcementHyperparametersOut(HyperparametersOut):
+    eval_interval: int | None = None
+
+
+class ReinforcementOut(Response):
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparametersOut
+
+
 class MethodOut(Response):
-    type: Literal["supervised", "dpo", "kto"] = "supervised"
+    type: Literal["supervised", "dpo", "kto", "reinforcement"] = "supervised"
     supervised: SupervisedOut | None = None
     dpo: DpoOut | None = None
     kto: KtoOut | None = None
+    reinforcement: ReinforcementOut | None = None
 
 
 class JobOut(Response):
@@ -516,7 +588,11 @@ class JobOut(Response):
     error: JobErrorOut | None = None
     fine_tuned_model: str | None = None
     finished_at: int | None = None
-    hyperparameters: KtoHyperparametersOut | DpoHyperparametersOut | HyperparametersOut
+    # pydantic's smart union takes the member that sets the most fields, the earlier one on a tie: a supervised
+    # job's values stay HyperparametersOut (no eval_interval: null), a reinforcement job's with eval_interval not
+    hyperparameters: (
+        KtoHyperparametersOut | DpoHyperparametersOut | HyperparametersOut | ReinforcementHyperparametersOut
+    )
     method: MethodOut
     model: str
     organization_id: str

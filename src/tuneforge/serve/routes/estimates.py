@@ -8,6 +8,7 @@ run one at a time: a second one meanwhile is answered 429 with Retry-After.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Request
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.jobs import openai
-from tuneforge.jobs.checks import JobError, check_for_method
+from tuneforge.jobs.checks import JobError, check_for_method, reinforcement_rows
 from tuneforge.serve.auth import Tenant
 from tuneforge.serve.deps import SettingsDep, db_session
 from tuneforge.serve.errors import bad_request, busy
@@ -59,10 +60,24 @@ def estimate(
 def _estimate(
     settings: Settings, body: JobCreate, method_type: str, hp, paths, timing: bool
 ) -> dict[str, Any]:
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-estimate-") as scratch:
+        return _estimate_in(settings, body, method_type, hp, paths, timing, Path(scratch))
+
+
+def _estimate_in(
+    settings: Settings, body: JobCreate, method_type: str, hp, paths, timing: bool, scratch: Path
+) -> dict[str, Any]:
     from tuneforge.recipes.run import probe
 
     checked = {}
+    grader = body.method.reinforcement.grader if method_type == "reinforcement" else None
     try:
+        if grader is not None:  # the rows as the job would train on them, in a scratch copy
+            paths = {
+                p: (reinforcement_rows(path, p, label, grader, scratch / f"{p}.jsonl"), label)
+                for p, (path, label) in paths.items()
+            }
         for param, (path, label) in paths.items():
             fewest = settings.min_examples if param == "training_file" else 1
             checked[param] = check_for_method(path, param, label, method_type, fewest)
@@ -83,6 +98,7 @@ def _estimate(
         requested=requested,
         extras=extras,
         seed=body.seed or 0,
+        grader=grader,
     )
     try:
         with probe(cfg, device=settings.device) as rec:

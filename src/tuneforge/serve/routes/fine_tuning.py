@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneforge.jobs import store
+from tuneforge.jobs.graders import GraderError, rewards_from_grader
 from tuneforge.jobs.openai import checkpoint_model_id, fine_tuned_model_id
 from tuneforge.jobs.store import Job, JobCheckpoint, JobEvent
 from tuneforge.serve.auth import Tenant
@@ -27,6 +28,7 @@ from tuneforge.serve.schemas import (
     JobList,
     JobOut,
     KtoHyperparametersIn,
+    ReinforcementHyperparametersIn,
 )
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -41,7 +43,10 @@ def job_out(job: Job) -> dict[str, Any]:
         "fine_tuned_model": job.fine_tuned_model,
         "finished_at": job.finished_at,
         "hyperparameters": hp,
-        "method": {"type": job.method_type, job.method_type: {"hyperparameters": hp}},
+        "method": {
+            "type": job.method_type,
+            job.method_type: {"hyperparameters": hp} | ({"grader": job.grader} if job.grader else {}),
+        },
         "model": job.model,
         "organization_id": job.owner,
         "result_files": job.result_files or [],
@@ -83,6 +88,11 @@ def checked_request(
             "model_not_available",
         )
     method_type, hp = _hyperparameters(body)
+    if method_type == "reinforcement":
+        try:
+            rewards_from_grader(body.method.reinforcement.grader)
+        except GraderError as e:
+            raise bad_request(str(e), "method.reinforcement.grader", "unsupported_grader") from None
     files: dict[str, store.File] = {}
     for param, fid in (("training_file", body.training_file), ("validation_file", body.validation_file)):
         if fid is None:
@@ -116,6 +126,7 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
         hyperparameters=hp.openai_part(),
         extras=hp.extensions(),
         metadata_=body.metadata,
+        grader=body.method.reinforcement.grader if method_type == "reinforcement" else None,
         status="validating_files",
         created_at=int(store.now()),
         failures=[],
@@ -128,22 +139,26 @@ def create(body: JobCreate, session: SessionDep, settings: SettingsDep, owner: T
     return job_out(job)
 
 
+METHOD_NAMES = {"dpo": "DPO", "kto": "KTO", "reinforcement": "Reinforcement fine-tuning (GRPO)"}
+
+
 def _hyperparameters(body: JobCreate) -> tuple[str, HyperparametersIn]:
     """The job's method type and its hyperparameters, from `method` or the deprecated top-level field."""
     method_type = body.method.type if body.method is not None else "supervised"
-    if method_type not in ("supervised", "dpo", "kto"):
+    if method_type == "reinforcement" and body.method.reinforcement is None:
         raise bad_request(
-            f"Method {method_type!r} is not supported by tuneforge; use 'supervised', 'dpo' or 'kto'.",
-            "method.type",
-            "unsupported_method",
+            'A reinforcement job needs method.reinforcement.grader, e.g. {"type": "string_check", "input": '
+            '"{{sample.output_text}}", "reference": "{{item.reference_answer}}", "operation": "eq"}.',
+            "method.reinforcement",
+            "missing_grader",
         )
-    if method_type in ("dpo", "kto"):
+    if method_type != "supervised":
         from tuneforge.methods import registry
 
         if registry.get(body.training_type).artifact != "adapter":
             raise bad_request(
-                f"{method_type.upper()} compares the model with its base, which is the same weights with the adapter switched "
-                f"off, so it needs an adapter method; training_type {body.training_type!r} trains the "
+                f"{METHOD_NAMES[method_type]} compares the model with its base, which is the same weights with the adapter "
+                f"switched off, so it needs an adapter method; training_type {body.training_type!r} trains the "
                 "weights themselves. Use training_type 'lora' (or dora, rslora, ia3 ...).",
                 "training_type",
                 "unsupported_method",
@@ -155,9 +170,13 @@ def _hyperparameters(body: JobCreate) -> tuple[str, HyperparametersIn]:
             f"Give hyperparameters in method.{method_type}.hyperparameters or in hyperparameters, not both.",
             "hyperparameters",
         )
-    if method_type in ("dpo", "kto"):
-        cls = DpoHyperparametersIn if method_type == "dpo" else KtoHyperparametersIn
-        top = cls(**body.hyperparameters.model_dump()) if body.hyperparameters else None
+    if method_type != "supervised":
+        cls = {
+            "dpo": DpoHyperparametersIn,
+            "kto": KtoHyperparametersIn,
+            "reinforcement": ReinforcementHyperparametersIn,
+        }[method_type]
+        top = cls(**body.hyperparameters.model_dump(exclude_none=True)) if body.hyperparameters else None
         return method_type, in_method or top or cls()
     return method_type, in_method or body.hyperparameters or HyperparametersIn()
 
