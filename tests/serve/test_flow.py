@@ -384,7 +384,9 @@ def test_reinforcement_job_trains_grpo_on_openai_rows_with_a_grader(tmp_path, ti
         assert Worker(settings).run(idle_exit=True) == 2
         done = c.fine_tuning.jobs.retrieve(job.id)
         assert done.status == "succeeded", done.error
-        assert done.method.reinforcement.grader.model_dump(exclude_none=True) == grader  # parsed by the client
+        assert (
+            done.method.reinforcement.grader.model_dump(exclude_none=True) == grader
+        )  # parsed by the client
         assert done.method.reinforcement.hyperparameters.eval_interval == 1
         assert done.hyperparameter_extensions["num_generations"] == 2
         data = [e.data for e in c.fine_tuning.jobs.list_events(job.id, limit=200) if e.data]
