@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.jobs.test_openai import _cfg
 from tuneforge.config import RewardConfig
@@ -100,6 +102,10 @@ def test_multi_is_a_weighted_sum_of_its_graders():
         ({"type": "multi", "graders": {"a": check("yes")}, "calculate_output": "0 * a"}, "same score"),
         ({"type": "multi", "graders": {"a": check("yes")}}, "needs calculate_output"),
         ("string_check", "must be an object"),
+        ({"type": "regex", "pattern": "(unclosed"}, "does not compile"),
+        ({"type": "regex", "pattern": 5}, "must be a string"),
+        ({"type": "multi", "graders": {"a": check("yes")}, "calculate_output": "1e999 * a"}, "weight inf"),
+        ({"type": "string_check", "reference": 7}, "needs a reference"),
     ],
 )
 def test_graders_without_a_built_in_are_refused_with_the_reason(grader, says):
@@ -158,3 +164,29 @@ def test_run_config_of_a_reinforcement_job(tmp_path):
         tmp_path, method_type="reinforcement", resolved=resolved, extras={"beta": 0}, grader=check("yes")
     )
     assert no_kl.objective.beta == 0.0
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_keys = st.sampled_from(
+    ["type", "input", "reference", "operation", "graders", "calculate_output", "fields", "pattern"]
+)
+_types = st.sampled_from(["string_check", "multi", "python", "field_match", "regex", "json_valid", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(_keys, _json_values | _types, max_size=5)
+    | st.builds(lambda t, rest: {**rest, "type": t}, _types, st.dictionaries(_keys, _json_values, max_size=4))
+    | _json_values
+)
+def test_any_json_grader_is_mapped_or_refused_with_a_grader_error(grader):
+    """What a client sends as a grader is mapped or refused with a reason (a 400), never an exception (a 500)."""
+    try:
+        graded = rewards_from_grader(grader)
+    except GraderError:
+        return
+    assert graded.rewards

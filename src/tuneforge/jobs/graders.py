@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,29 @@ def rewards_from_grader(grader: Any) -> Graded:
         _one(grader, 1.0, out, "grader")
     if not out.rewards:
         raise GraderError("the grader gives every answer the same score: nothing to learn from")
+    for r in out.rewards:  # what training would refuse, refused now: at job creation, not in the worker
+        _buildable(r)
     return out
+
+
+def _buildable(reward: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    from tuneforge.config import RewardConfig
+
+    if not math.isfinite(reward["weight"]):
+        raise GraderError(f"calculate_output gives {reward['kind']} the weight {reward['weight']}")
+    try:
+        RewardConfig.model_validate(reward)
+    except ValidationError as e:
+        raise GraderError(f"{reward['kind']}: {e.errors()[0]['msg']}") from None
+    if reward["kind"] == "regex":
+        if not isinstance(reward["arg"], str):
+            raise GraderError(f"a regex grader's pattern must be a string, got {reward['arg']!r}")
+        try:
+            re.compile(reward["arg"])
+        except re.error as e:
+            raise GraderError(f"regex pattern {reward['arg']!r} does not compile: {e}") from None
 
 
 def _one(g: Any, weight: float, out: Graded, where: str) -> None:
