@@ -373,3 +373,51 @@ def test_feedback_page_rates_a_stored_answer_and_makes_training_files(browser, c
     expect(page.locator("#summary")).to_contain_text("preference")
     t.context.close()
     t.check()
+
+
+def test_a_reinforcement_job_from_the_form_sends_its_grader(browser, console, flow, shots):
+    """The objective `reinforcement` shows a grader field; text that is not JSON, and a grader the server refuses,
+    are shown in the form with the field focused; a weighted grader starts a job that carries it."""
+    from tests.jobs.service_fixtures import client
+
+    t = new_tab(browser, console)
+    page = t.page
+    sign_in(page, console.root)
+    page.goto(console.root + f"/#/jobs/new?file={flow['file']}")
+    grader = page.get_by_label("Grader (JSON)")
+    expect(grader).to_be_hidden()
+    page.get_by_label("Objective").select_option("reinforcement")
+    expect(grader).to_be_visible()
+    page.get_by_label("Max steps").fill("1")
+    start = page.get_by_role("button", name="Start job")
+    grader.fill("{not json")
+    start.click()
+    expect(page.locator("#form-status")).to_contain_text("The grader is not JSON")
+    expect(grader).to_be_focused()
+    grader.fill(json.dumps({"type": "python", "source": "def grade(sample, item): return 1.0"}))
+    start.click()
+    expect(page.locator("#form-status")).to_contain_text("runs the caller's code")
+    weighted = {
+        "type": "multi",
+        "graders": {
+            "fields": {
+                "type": "field_match",
+                "fields": ["queue", "priority"],
+                "reference": "{{item.answer}}",
+            },
+            "json": {"type": "json_valid"},
+        },
+        "calculate_output": "0.8 * fields + 0.2 * json",
+    }
+    grader.fill(json.dumps(weighted))
+    page.screenshot(path=shots / "new-job-reinforcement.png", full_page=True)
+    start.click()
+    expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
+    job_id = page.url.rsplit("/", 1)[1]
+    c = client(console)
+    job = c.fine_tuning.jobs.retrieve(job_id)
+    assert job.method.type == "reinforcement"
+    assert job.method.reinforcement.grader.model_dump(exclude_none=True) == weighted
+    c.fine_tuning.jobs.cancel(job_id)  # the worker has other tests' jobs to run
+    t.context.close()
+    t.check()

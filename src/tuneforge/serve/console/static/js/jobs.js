@@ -15,6 +15,8 @@ export async function list(main) {
 }
 
 const DRAFT = "tuneforge.newjob";
+// A reinforcement job's grader, as OpenAI's API takes it (README: "Reinforcement jobs" says what maps).
+const GRADER_EXAMPLE = JSON.stringify({ type: "string_check", name: "answer", input: "{{sample.output_text}}", reference: "{{item.reference_answer}}", operation: "eq" }, null, 1);
 const HP = ["n_epochs", "batch_size", "learning_rate_multiplier", "validation_split", "test_split", "lora_rank", "lora_alpha", "max_steps"];
 
 function described(doc, name) {
@@ -36,8 +38,9 @@ export async function create(main, params) {
     training_file: h("select", { name: "training_file", required: true }, fileOptions(params.get("file") || draft.training_file, files.data.length ? null : "no files: upload one first")),
     validation_file: h("select", { name: "validation_file" }, fileOptions(draft.validation_file, "none: hold out a share of the training file")),
     training_type: h("select", { name: "training_type" }, methods.map((m) => h("option", { value: m, selected: m === (draft.training_type || "lora") }, m))),
-    method: h("select", { name: "method" }, [["supervised", "supervised (chat or prompt/completion records)"], ["dpo", "dpo (preference pairs)"], ["kto", "kto (answers rated up or down)"]]
+    method: h("select", { name: "method" }, [["supervised", "supervised (chat or prompt/completion records)"], ["dpo", "dpo (preference pairs)"], ["kto", "kto (answers rated up or down)"], ["reinforcement", "reinforcement (GRPO: a grader scores sampled answers)"]]
       .map(([v, t]) => h("option", { value: v, selected: v === (draft.method || "supervised") }, t))),
+    grader: h("textarea", { name: "grader", rows: 6, spellcheck: "false", placeholder: GRADER_EXAMPLE }, draft.grader || ""),
     suffix: h("input", { name: "suffix", maxlength: 64, pattern: "[A-Za-z0-9._\\-]+", value: draft.suffix || "", placeholder: "e.g. tickets-v1" }),
   };
   const hp = {};
@@ -63,6 +66,13 @@ export async function create(main, params) {
       training_type: c.training_type.value,
       method: { type, [type]: { hyperparameters: hyper } },
     };
+    if (type === "reinforcement") {
+      try {
+        out.method.reinforcement.grader = JSON.parse(c.grader.value || GRADER_EXAMPLE);
+      } catch (e) {
+        throw Object.assign(new Error(`The grader is not JSON: ${e.message}`), { param: "grader" });
+      }
+    }
     if (c.validation_file.value) out.validation_file = c.validation_file.value;
     if (c.suffix.value.trim()) out.suffix = c.suffix.value.trim();
     return out;
@@ -86,8 +96,10 @@ export async function create(main, params) {
   };
 
   const start = h("button", { type: "submit" }, "Start job");
+  const graderField = field("Grader (JSON)", c.grader, "What scores each sampled answer: string_check (eq) on an item field, multi (a weighted sum), or tuneforge's json_valid, exact_match, field_match, regex. Empty: the example shown.");
+  graderField.hidden = c.method.value !== "reinforcement";
   const form = h("form", {
-    oninput: () => { save(); start.disabled = false; },
+    oninput: () => { save(); start.disabled = false; graderField.hidden = c.method.value !== "reinforcement"; },
     onsubmit: async (ev) => {
       ev.preventDefault();
       mount(status);
@@ -111,6 +123,7 @@ export async function create(main, params) {
   h("fieldset", {}, h("legend", {}, "Method"), h("div", { class: "fields" },
     field("Method", c.training_type, "lora: small adapters on a shared base (default); full: every weight; dora, ia3 …"),
     field("Objective", c.method),
+    graderField,
     field("LoRA rank", hp.lora_rank, described(doc, "lora_rank")),
     field("LoRA alpha", hp.lora_alpha, described(doc, "lora_alpha")))),
   h("fieldset", {}, h("legend", {}, "Hyperparameters"), h("div", { class: "fields" },
