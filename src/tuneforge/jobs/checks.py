@@ -70,9 +70,9 @@ def reinforcement_rows(path: Path, param: str, label: str, grader: dict, dst: Pa
     """A reinforcement job's file as the rows GRPO trains on: each row's reference (the item field its grader
     reads) moved into an answer turn, in `dst` (jobs/graders.py). A row with nothing to grade against fails the
     job, by line."""
-    _, unanswered = prepare_rows(path, rewards_from_grader(grader).reference_field, dst)
+    field = rewards_from_grader(grader).reference_field
+    _, unanswered = prepare_rows(path, field, dst)
     if unanswered:
-        field = rewards_from_grader(grader).reference_field
         where = ", ".join(map(str, unanswered[:MAX_LISTED])) + (
             " ..." if len(unanswered) > MAX_LISTED else ""
         )
